@@ -1,0 +1,21 @@
+"""ticketlab: find, train and study lottery tickets in PyTorch."""
+
+from ticketlab.api import find_ticket
+from ticketlab.config import ExperimentConfig
+from ticketlab.errors import TicketlabError
+from ticketlab.imp import Ticket, imp, load_ticket
+from ticketlab.masks import apply_mask, density, load_mask, save_mask
+
+__all__ = [
+    "ExperimentConfig",
+    "Ticket",
+    "TicketlabError",
+    "apply_mask",
+    "density",
+    "find_ticket",
+    "imp",
+    "load_mask",
+    "load_ticket",
+    "save_mask",
+]
+__version__ = "0.1.0"

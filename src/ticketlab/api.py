@@ -1,0 +1,80 @@
+"""The Python entry point for a user's own network: ``find_ticket(model, train, test, ...)``."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab import config as C
+from ticketlab.data import Dataset, fingerprint, tensors_from
+from ticketlab.errors import TicketlabError
+from ticketlab.imp import Ticket, level_count, load_ticket, resolve_device, run_imp, user_problem
+
+
+@dataclass
+class TicketSearch:
+    """The outcome of :func:`find_ticket`: where it ran, the results rows, and the sparsest ticket."""
+
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    ticket: Ticket
+
+    def at(self, level: int, replicate: int = 0) -> Ticket:
+        """The ticket found at another level."""
+        return load_ticket(self.run_dir, level, replicate, self.ticket.mask[next(iter(self.ticket.mask))].device)
+
+
+def _flat_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    where = {f.name: s for s in C.SECTIONS for f in C.fields_of(s)}
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in overrides.items():
+        if name not in where:
+            raise TicketlabError(f"find_ticket got an unknown option {name!r}; options: {', '.join(where)}")
+        nested.setdefault(where[name], {})[name] = value
+    return nested
+
+
+def find_ticket(
+    model: nn.Module,
+    train,
+    test,
+    *,
+    val=None,
+    config: C.ExperimentConfig | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    **options: Any,
+) -> TicketSearch:
+    """Run IMP on any ``nn.Module`` and return the ticket (mask + rewound weights) at the last level.
+
+    ``train`` / ``test`` / ``val`` are ``(x, y)`` tensors or iterables of ``(x, y)`` batches such as a
+    DataLoader (read once into memory). ``options`` are the config fields by name, as on the command
+    line: ``levels=5, fraction=0.2, steps="2ep", lr=1e-3, rewind="100it", baselines=()``.
+    The model's current weights are the original initialisation theta_0 (replicate 0). Results go to
+    ``out`` (a run directory, resumable), or to a temporary directory.
+    """
+    base = config.to_dict() if config is not None else C.ExperimentConfig().to_dict()
+    cfg = C.from_dict(C.merge(base, _flat_overrides(options)))
+    dev = resolve_device(device)
+    tr, te = tensors_from(train, "train"), tensors_from(test, "test")
+    va = tensors_from(val, "val") if val is not None else None
+    num_classes = int(max(tr.y.max(), te.y.max())) + 1
+    data = Dataset("user", tr, te, va, num_classes).to(dev)
+    problem = user_problem(model, data, cfg.imp.seed)
+    problem.identity["data"] = fingerprint(tr)
+    with torch.no_grad():
+        try:
+            problem.init_model(0)(data.train.x[:2])
+        except Exception as e:  # noqa: BLE001 -- report a shape mismatch as the user's error
+            raise TicketlabError(
+                f"the model cannot take the training inputs of shape {tuple(tr.x.shape[1:])}: {e}"
+            ) from e
+    run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ticketlab-"))
+    rows = run_imp(cfg, problem, run_dir, progress=progress)
+    return TicketSearch(run_dir, rows, load_ticket(run_dir, level_count(cfg), 0, dev))

@@ -1,0 +1,139 @@
+"""The ``ticketlab`` command. Flags are generated from the config dataclasses, so each has a help string.
+
+User errors print one line and exit with status 2, with no traceback and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ticketlab import config as C
+from ticketlab.errors import TicketlabError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for section in C.SECTIONS:
+        group = parser.add_argument_group(f"{section} options")
+        for f in C.fields_of(section):
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            help_text = f"{f.metadata['help']} (default: {shown})"
+            if f.metadata["choices"]:
+                help_text += f"; one of {', '.join(f.metadata['choices'])}"
+            kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text}
+            if C.field_type(section, f.name) is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                group.add_argument(flag, metavar=f.name.upper(), **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ticketlab", description="Find, train and study lottery tickets (sparse trainable subnetworks)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser(
+        "imp",
+        help="iterative magnitude pruning with rewinding, and baselines",
+        description="Train, prune, rewind and retrain level after level, beside the random re-init and random "
+        "pruning baselines. With no flags: the default MNIST-1D experiment.",
+    )
+    p.add_argument("--preset", help=f"named config (see `ticketlab presets`); default {C.DEFAULT_PRESET}")
+    p.add_argument("--config", help="YAML or JSON file with sections data/model/train/prune/imp")
+    p.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live progress bars (default: on when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--metric",
+        default="final_test_acc",
+        choices=("final_test_acc", "best_test_acc"),
+        help="accuracy shown in the table and plot (default: final_test_acc)",
+    )
+    _add_config_flags(p)
+    sub.add_parser("presets", help="list the named presets")
+    sub.add_parser("models", help="list the registered models")
+    sub.add_parser("datasets", help="list the datasets")
+    r = sub.add_parser("report", help="print the table and redraw the plot of a run directory")
+    r.add_argument("run_dir")
+    r.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> C.ExperimentConfig:
+    """Defaults, then the preset, then the config file, then flags."""
+    merged: dict[str, Any] = C.preset(args.preset or C.DEFAULT_PRESET)
+    if args.config:
+        merged = C.merge(merged, C.load_file(args.config))
+    flags: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            section, name = key.split(".", 1)
+            flags.setdefault(section, {})[name] = value
+    return C.from_dict(C.merge(merged, flags))
+
+
+def _imp(args: argparse.Namespace) -> int:
+    from ticketlab.imp import imp
+    from ticketlab.report import plot, table
+
+    cfg = config_from_args(args)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    run_dir, rows = imp(cfg, out=args.out, device=args.device, progress=progress)
+    print(table(rows, args.metric))
+    png = plot(rows, run_dir / "plot.png", args.metric, title=run_dir.name)
+    print(f"\nrun directory: {run_dir}\nresults: {run_dir / 'results.csv'}\nplot: {png}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "imp":
+            return _imp(args)
+        if args.command == "presets":
+            for name, (desc, _) in C.PRESETS.items():
+                print(f"{name:<18} {desc}")
+            return 0
+        if args.command == "models":
+            from ticketlab.models import model_names
+
+            for name, desc in model_names().items():
+                print(f"{name:<16} {desc}")
+            return 0
+        if args.command == "datasets":
+            from ticketlab.data import dataset_names
+
+            for name, desc in dataset_names().items():
+                print(f"{name:<16} {desc}")
+            return 0
+        if args.command == "report":
+            from ticketlab.report import report
+
+            if not (Path(args.run_dir) / "results.csv").exists():
+                raise TicketlabError(f"{args.run_dir} has no results.csv: is it a ticketlab run directory?")
+            text, png = report(Path(args.run_dir), args.metric)
+            print(text)
+            print(f"\nplot: {png}")
+            return 0
+        parser.print_help()
+        return 2
+    except TicketlabError as e:
+        print(f"ticketlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ticketlab: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Experiment configuration: nested frozen dataclasses, the single source of CLI flags and config files.
+
+Every field carries a help string; ``hash=False`` marks fields that do not change what a run computes
+(how many levels or replicates to run, which baselines), so extending a run reuses its directory.
+Steps stay strings here (``"500it"``) and are parsed by :class:`ticketlab.steps.Step` where used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ticketlab.errors import TicketlabError
+from ticketlab.steps import Step
+
+
+def _f(default: Any, help: str, *, hash: bool = True, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "hash": hash, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+def _check_fraction(name: str, value: float | None) -> None:
+    if value is not None and not (0.0 < value <= 1.0):
+        raise TicketlabError(f"{name} must be in (0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f("mnist1d", "dataset name (see `ticketlab datasets`)")
+    data_dir: str = _f(
+        "",
+        "directory holding the dataset files (IDX for mnist / fashion-mnist); empty: "
+        "$TICKETLAB_DATA_DIR, then the dataset's usual place",
+        hash=False,
+    )
+    val_size: int = _f(0, "examples held out of the training set for validation / early stopping (paper: 5000)")
+
+    def __post_init__(self) -> None:
+        if self.val_size < 0:
+            raise TicketlabError(f"val_size must be >= 0, got {self.val_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = _f("mnist1d_mlp", "model name (see `ticketlab models`)")
+    widths: tuple[int, ...] = _f((), "hidden widths for MLP models, e.g. 300,100; empty: the model's own")
+    init: str = _f(
+        "glorot_normal",
+        "weight initialisation",
+        choices=("glorot_normal", "kaiming_normal", "kaiming_uniform", "default"),
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = _f("adam", "optimizer", choices=("adam", "sgd"))
+    lr: float = _f(2e-2, "peak learning rate")
+    momentum: float = _f(0.0, "SGD momentum")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _f(0.0, "L2 weight decay")
+    batch_size: int = _f(100, "examples per iteration")
+    steps: str = _f("1500it", "training length per level, e.g. 50000it or 40ep")
+    schedule: str = _f("constant", "learning-rate schedule", choices=("constant", "step", "cosine"))
+    milestones: tuple[str, ...] = _f((), "step schedule: where the LR is multiplied by gamma, e.g. 80ep,120ep")
+    gamma: float = _f(0.1, "step schedule: LR factor at each milestone")
+    warmup: str = _f("0it", "linear LR warmup length from 0, e.g. 10000it")
+    eval_every: str = _f("100it", "evaluate on validation and test every this often")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "warmup", "eval_every", *()):
+            Step.parse(getattr(self, name))
+        for m in self.milestones:
+            Step.parse(m)
+        if self.lr <= 0:
+            raise TicketlabError(f"lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise TicketlabError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise TicketlabError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise TicketlabError("nesterov needs --optimizer sgd and a --momentum above 0")
+        if self.weight_decay < 0:
+            raise TicketlabError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if Step.parse(self.eval_every).value == 0:
+            raise TicketlabError("eval_every must be at least 1it")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    strategy: str = _f(
+        "layerwise",
+        "layerwise: each layer loses its own fraction; global: one threshold",
+        choices=("layerwise", "global"),
+    )
+    fraction: float = _f(0.25, "fraction of the remaining prunable weights removed per level")
+    output_fraction: float | None = _f(
+        None, "the output layer's own fraction per level (paper: 0.1); unset: same as --fraction"
+    )
+    ignore: tuple[str, ...] = _f((), "parameter names (or module-name prefixes) never pruned, e.g. fc.0.weight")
+    prune_biases: bool = _f(False, "also prune biases of linear/conv layers")
+
+    def __post_init__(self) -> None:
+        _check_fraction("fraction", self.fraction)
+        _check_fraction("output_fraction", self.output_fraction)
+
+
+@dataclass(frozen=True)
+class ImpConfig:
+    levels: int = _f(11, "pruning levels after the dense level 0", hash=False)
+    rewind: str = _f("0it", "rewind point: 0it is the original LTH; e.g. 500it or 2ep for late rewinding")
+    one_shot: bool = _f(
+        False, "prune each level straight from the dense network's trained weights instead of iteratively"
+    )
+    target_density: float | None = _f(None, "one-shot only: prune once, straight to this density (overrides --levels)")
+    baselines: tuple[str, ...] = _f(
+        ("reinit", "random_prune"),
+        "baselines trained at every level",
+        hash=False,
+        choices=("reinit", "random_prune"),
+    )
+    replicates: int = _f(1, "independent replicates (seeds); results report mean and std", hash=False)
+    seed: int = _f(0, "base random seed")
+
+    def __post_init__(self) -> None:
+        Step.parse(self.rewind)
+        _check_fraction("target_density", self.target_density)
+        if self.target_density is not None and not self.one_shot:
+            raise TicketlabError("target_density needs --one-shot")
+        if self.levels < 0:
+            raise TicketlabError(f"levels must be >= 0, got {self.levels}")
+        if self.replicates < 1:
+            raise TicketlabError(f"replicates must be >= 1, got {self.replicates}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    imp: ImpConfig = field(default_factory=ImpConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s.name: dataclasses.asdict(getattr(self, s.name)) for s in dataclasses.fields(self)}
+
+    def run_hash(self) -> str:
+        """A short hash of every field that changes what a run computes."""
+        kept = {
+            section: {f.name: getattr(getattr(self, section), f.name) for f in fields_of(section) if f.metadata["hash"]}
+            for section in SECTIONS
+        }
+        blob = json.dumps(kept, sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def replace(self, **sections: dict[str, Any]) -> ExperimentConfig:
+        """A copy with some fields changed: ``cfg.replace(train={"lr": 0.1})``."""
+        merged = self.to_dict()
+        for section, values in sections.items():
+            merged[section].update(values)
+        return from_dict(merged)
+
+
+SECTIONS = ("data", "model", "train", "prune", "imp")
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "prune": PruneConfig,
+    "imp": ImpConfig,
+}
+
+
+def fields_of(section: str) -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(_SECTION_TYPES[section])
+
+
+def field_type(section: str, name: str) -> Any:
+    return typing.get_type_hints(_SECTION_TYPES[section])[name]
+
+
+def _coerce(section: str, name: str, value: Any) -> Any:
+    """Turn a value from JSON/YAML/CLI text into the field's type, or raise a clear error."""
+    tp = field_type(section, name)
+    where = f"{section}.{name}"
+    optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
+    if optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        tp = next(a for a in tp.__args__ if a is not type(None))
+    try:
+        if typing.get_origin(tp) is tuple:
+            inner = typing.get_args(tp)[0]
+            if isinstance(value, str):
+                value = [v for v in (p.strip() for p in value.split(",")) if v]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return tuple(inner(v) for v in value)
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1"):
+                    return True
+                if value.lower() in ("false", "no", "0"):
+                    return False
+                raise ValueError
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if tp in (int, float) and isinstance(value, bool):
+            raise ValueError
+        return tp(value)
+    except (TypeError, ValueError):
+        raise TicketlabError(f"{where}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
+
+
+def from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    """Build a validated config from a nested mapping (unknown keys are an error)."""
+    if not isinstance(d, dict):
+        raise TicketlabError("a config must be a mapping of sections (data, model, train, prune, imp)")
+    unknown = set(d) - set(SECTIONS)
+    if unknown:
+        raise TicketlabError(f"unknown config section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    built = {}
+    for section in SECTIONS:
+        values = d.get(section) or {}
+        if not isinstance(values, dict):
+            raise TicketlabError(f"config section {section!r} must be a mapping")
+        names = {f.name: f for f in fields_of(section)}
+        bad = set(values) - set(names)
+        if bad:
+            raise TicketlabError(f"unknown key(s) {sorted(bad)} in section {section!r}; known: {', '.join(names)}")
+        kwargs = {}
+        for name, value in values.items():
+            value = _coerce(section, name, value)
+            choices = names[name].metadata["choices"]
+            items = value if isinstance(value, tuple) else (value,)
+            if choices and any(v not in choices for v in items):
+                raise TicketlabError(f"{section}.{name}: {value!r} is not one of {', '.join(choices)}")
+            kwargs[name] = value
+        built[section] = _SECTION_TYPES[section](**kwargs)
+    return ExperimentConfig(**built)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a nested mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TicketlabError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 -- any parse failure is the user's file
+        raise TicketlabError(f"cannot parse config file {path}: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TicketlabError(f"config file {path} must hold a mapping of sections (data, model, train, ...)")
+    return data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Section-wise merge of two nested config mappings (override wins)."""
+    out = {s: dict(base.get(s) or {}) for s in set(base) | set(override)}
+    for section, values in override.items():
+        if not isinstance(values, dict):
+            raise TicketlabError(f"config section {section!r} must be a mapping")
+        out[section].update(values)
+    return out
+
+
+# Named configs. Each is a partial mapping merged over the defaults; any field stays overridable.
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mnist1d-lth": (
+        "the default: MNIST-1D MLP 40-500-500-10 (Greydanus & Kobak), Adam 2e-2, batch 100, 1500 it, 25%/level",
+        {
+            "data": {"dataset": "mnist1d"},
+            "model": {"model": "mnist1d_mlp", "init": "glorot_normal"},
+            "train": {"optimizer": "adam", "lr": 2e-2, "batch_size": 100, "steps": "1500it"},
+            "prune": {"strategy": "layerwise", "fraction": 0.25},
+            "imp": {"levels": 11},
+        },
+    ),
+    "lth-lenet300": (
+        "LTH paper LeNet-300-100 on Fashion-MNIST: Adam 1.2e-3, batch 60, 50K it, layerwise 20/20/10, 5K val",
+        {
+            "data": {"dataset": "fashion-mnist", "val_size": 5000},
+            "model": {"model": "lenet_300_100", "init": "glorot_normal"},
+            "train": {"optimizer": "adam", "lr": 1.2e-3, "batch_size": 60, "steps": "50000it", "eval_every": "100it"},
+            "prune": {"strategy": "layerwise", "fraction": 0.2, "output_fraction": 0.1},
+            "imp": {"levels": 15, "rewind": "0it"},
+        },
+    ),
+    "openlth-lenet300": (
+        "open_lth's LeNet-300-100: SGD 0.1, batch 128, 40 epochs, global 20%, output layer not pruned",
+        {
+            "data": {"dataset": "fashion-mnist"},
+            "model": {"model": "lenet_300_100", "init": "kaiming_normal"},
+            "train": {"optimizer": "sgd", "lr": 0.1, "batch_size": 128, "steps": "40ep"},
+            "prune": {"strategy": "global", "fraction": 0.2, "ignore": ("fc.2.weight",)},
+            "imp": {"levels": 15},
+        },
+    ),
+}
+DEFAULT_PRESET = "mnist1d-lth"
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise TicketlabError(f"unknown preset {name!r}; known: {', '.join(PRESETS)} (`ticketlab presets` lists them)")
+    return PRESETS[name][1]

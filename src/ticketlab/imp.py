@@ -1,0 +1,372 @@
+"""Iterative magnitude pruning with rewinding, and its baselines, as one resumable loop.
+
+For each replicate: train the dense network (level 0), saving the weights at the rewind step k;
+then per level: prune the previous level's trained ticket, rewind the survivors to step k, train;
+and train the baselines (random re-init of the ticket's mask, random mask at the ticket's densities).
+Each (replicate, level, branch) is a job in the run directory; completed jobs are skipped, so a
+killed run resumes where it stopped and, jobs being deterministic, ends with the same results.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab import masks as M
+from ticketlab.config import ExperimentConfig
+from ticketlab.data import Dataset, iterations_per_epoch
+from ticketlab.errors import TicketlabError
+from ticketlab.pruning import compound, magnitude, matching_output_fraction, plan_fractions, prune, random_mask
+from ticketlab.steps import Step
+from ticketlab.store import JobDir, RunLock, load_tensors, read_json, save_tensors, write_csv, write_json
+from ticketlab.training import TrainResult, train
+
+BRANCHES = ("ticket", "reinit", "random_prune")
+RESULT_COLUMNS = [
+    "replicate",
+    "level",
+    "branch",
+    "density",
+    "final_test_acc",
+    "best_test_acc",
+    "early_stop_step",
+    "train_acc",
+    "wall_time_s",
+]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 60-bit seed from any parts (base seed, replicate, level, purpose)."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
+
+
+@dataclass
+class Problem:
+    """What IMP trains: the data, and how to make the network.
+
+    ``init_model(replicate)`` returns that replicate's original network theta_0;
+    ``fresh_model(seed)`` returns a newly initialised one (the random re-init baseline).
+    """
+
+    data: Dataset
+    init_model: Callable[[int], nn.Module]
+    fresh_model: Callable[[int], nn.Module]
+    identity: dict[str, Any]
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _Progress:
+    """A live bar per job on a terminal; one summary line per job otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def job(self, desc: str, total: int):
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="it", leave=True, dynamic_ncols=True, file=sys.stderr)
+
+
+def run_imp(
+    config: ExperimentConfig, problem: Problem, run_dir: Path, *, progress: bool = False
+) -> list[dict[str, Any]]:
+    """Run (or resume) the experiment in ``run_dir`` and return the rows of ``results.csv``."""
+    run_dir = Path(run_dir)
+    with RunLock(run_dir):
+        _check_identity(run_dir, config, problem)
+        write_json(run_dir / "config.json", {"config": config.to_dict(), "hash": config.run_hash(), **problem.identity})
+        bars = _Progress(progress)
+        for replicate in range(config.imp.replicates):
+            _run_replicate(config, problem, run_dir, replicate, bars)
+        rows = collect_results(run_dir, config)
+        write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
+    return rows
+
+
+def _check_identity(run_dir: Path, config: ExperimentConfig, problem: Problem) -> None:
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    saved = read_json(path)
+    mine = {"hash": config.run_hash(), **problem.identity}
+    diff = [k for k in mine if saved.get(k) != mine[k]]
+    if diff:
+        raise TicketlabError(
+            f"{run_dir} holds a different experiment ({', '.join(diff)} differ); choose another output directory"
+        )
+
+
+def level_count(config: ExperimentConfig) -> int:
+    return 1 if config.imp.target_density is not None else config.imp.levels
+
+
+def _run_replicate(config: ExperimentConfig, problem: Problem, run_dir: Path, r: int, bars: _Progress) -> None:
+    cfg, data = config, problem.data
+    seed = cfg.imp.seed
+    data_seed = derive_seed(seed, r, "data")
+    model = problem.init_model(r)
+    names = M.prunable_names(model, prune_biases=cfg.prune.prune_biases, ignore=cfg.prune.ignore)
+    if not names:
+        raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
+    pool, own = plan_fractions(names, M.output_layer_name(model), cfg.prune.fraction, cfg.prune.output_fraction)
+    per_epoch = iterations_per_epoch(len(data.train), cfg.train.batch_size)
+    k = Step.parse(cfg.imp.rewind).iterations(per_epoch)
+    total = Step.parse(cfg.train.steps).iterations(per_epoch)
+    if k >= total:
+        raise TicketlabError(
+            f"rewind point {cfg.imp.rewind} ({k} it) must come before the end of training ({total} it)"
+        )
+
+    # Level 0: the dense network, saving theta_0 and theta_k.
+    dense = JobDir(run_dir, r, 0, "ticket")
+    level0 = dense.path.parent
+    if not dense.done:
+        full = M.full_mask(model, names)
+        save_tensors(level0 / "init.safetensors", _state(model))
+        M.save_mask(level0 / "mask.safetensors", full)
+        result = _train_job(
+            model,
+            data,
+            cfg,
+            full,
+            data_seed,
+            0,
+            bars,
+            dense,
+            save_at=k,
+            on_save=lambda m: save_tensors(level0 / "rewind.safetensors", _state(m)),
+        )
+        _finish(dense, model, full, result)
+    device = data.train.x.device
+    rewind_state = load_tensors(level0 / "rewind.safetensors", device)
+    mask = M.load_mask(level0 / "mask.safetensors", device)
+
+    for level in range(1, level_count(cfg) + 1):
+        level_dir = JobDir(run_dir, r, level, "ticket").path.parent
+        mask_path = level_dir / "mask.safetensors"
+        if mask_path.exists():
+            new_mask = M.load_mask(mask_path, device)
+        else:
+            new_mask = _next_mask(cfg, run_dir, r, level, mask, pool, own, device)
+            M.save_mask(mask_path, new_mask)
+        mask = new_mask
+
+        job = JobDir(run_dir, r, level, "ticket")
+        if not job.done:
+            model = problem.init_model(r)
+            model.load_state_dict(rewind_state)
+            M.apply_mask(model, mask)
+            save_tensors(job.file("init.safetensors"), _state(model))
+            _finish(job, model, mask, _train_job(model, data, cfg, mask, data_seed, k, bars, job))
+
+        for branch in cfg.imp.baselines:
+            job = JobDir(run_dir, r, level, branch)
+            if job.done:
+                continue
+            if branch == "reinit":
+                model, bmask = problem.fresh_model(derive_seed(seed, r, level, "reinit")), mask
+            else:
+                pools = [[n] for n in names] if cfg.prune.strategy == "layerwise" else [pool] + [[n] for n in own]
+                bmask = random_mask(mask, derive_seed(seed, r, level, "random_prune"), pools)
+                M.save_mask(job.file("mask.safetensors"), bmask)
+                model = problem.init_model(r)
+                model.load_state_dict(rewind_state)
+            M.apply_mask(model, bmask)
+            _finish(job, model, bmask, _train_job(model, data, cfg, bmask, data_seed, k, bars, job))
+
+
+def _next_mask(cfg, run_dir, r, level, mask, pool, own, device) -> M.Mask:
+    """The mask of ``level``: prune the previous ticket (iterative) or the dense network (one-shot)."""
+    p = cfg.prune
+    if cfg.imp.one_shot:
+        source = load_tensors(JobDir(run_dir, r, 0, "ticket").file("final.safetensors"), device)
+        base = {n: torch.ones_like(m) for n, m in mask.items()}
+        if cfg.imp.target_density is not None:
+            fraction = 1.0 - cfg.imp.target_density
+            own = {n: matching_output_fraction(p.fraction, f, cfg.imp.target_density) for n, f in own.items()}
+        else:
+            fraction = compound(p.fraction, level)
+            own = {n: compound(f, level) for n, f in own.items()}
+    else:
+        source = load_tensors(JobDir(run_dir, r, level - 1, "ticket").file("final.safetensors"), device)
+        base, fraction = mask, p.fraction
+    new = prune(magnitude(source, list(mask)), base, fraction=fraction, strategy=p.strategy, pool=pool, own=own)
+    if not M.is_subset(new, mask if not cfg.imp.one_shot else base):
+        raise AssertionError("pruning must only remove weights")
+    return new
+
+
+def _train_job(model, data, cfg, mask, data_seed, start, bars, job: JobDir, save_at=None, on_save=None) -> TrainResult:
+    total = Step.parse(cfg.train.steps).iterations(iterations_per_epoch(len(data.train), cfg.train.batch_size))
+    desc = f"rep {job.replicate} level {job.level:2d} {job.branch:<12} {100 * M.density(mask):6.2f}%"
+    bar = bars.job(desc, total - start)
+
+    def show(done: int, last: dict[str, Any]) -> None:
+        bar.update(1)
+        if done % 50 == 0 or done == total:
+            bar.set_postfix(test_acc=f"{last['test_acc']:.3f}", refresh=False)
+
+    result = train(
+        model,
+        data,
+        cfg.train,
+        mask=mask,
+        data_seed=data_seed,
+        start=start,
+        save_at=save_at,
+        on_save=on_save,
+        progress=show if bar is not None else None,
+    )
+    if bar is not None:
+        bar.set_postfix(test_acc=f"{result.final_test_acc:.3f}")
+        bar.close()
+    else:
+        print(
+            f"{desc}  test acc {result.final_test_acc:.4f}  (early-stop {result.best_test_acc:.4f} "
+            f"@ {result.early_stop_step} it, {result.wall_time_s:.1f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return result
+
+
+def _finish(job: JobDir, model: nn.Module, mask: M.Mask, result: TrainResult) -> None:
+    """Write a job's outputs; ``result.json`` last, so its presence means the job is complete."""
+    import json
+
+    from ticketlab.store import atomic_write_text
+
+    save_tensors(job.file("final.safetensors"), _state(model))
+    atomic_write_text(job.file("metrics.jsonl"), "".join(json.dumps(row) + "\n" for row in result.metrics))
+    summary = {
+        "replicate": job.replicate,
+        "level": job.level,
+        "branch": job.branch,
+        "density": M.density(mask),
+        "layer_densities": M.layer_densities(mask),
+        **result.summary(),
+    }
+    write_json(job.file("result.json"), summary)
+
+
+def collect_results(run_dir: Path, config: ExperimentConfig) -> list[dict[str, Any]]:
+    """Rows of every completed job within the configured replicates, levels and baselines."""
+    rows = []
+    for r in range(config.imp.replicates):
+        for level in range(level_count(config) + 1):
+            for branch in ("ticket", *config.imp.baselines) if level else ("ticket",):
+                job = JobDir(run_dir, r, level, branch)
+                if job.done:
+                    rows.append({k: v for k, v in job.result().items() if k in RESULT_COLUMNS})
+    return rows
+
+
+@dataclass
+class Ticket:
+    """A winning ticket: the mask and the rewound (masked) weights it trains from."""
+
+    level: int
+    density: float
+    mask: M.Mask
+    state: dict[str, torch.Tensor]
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """Load the rewound weights into ``model`` and zero its pruned weights."""
+        model.load_state_dict(self.state)
+        return M.apply_mask(model, self.mask)
+
+
+def load_ticket(run_dir: Path, level: int, replicate: int = 0, device: str | torch.device = "cpu") -> Ticket:
+    job = JobDir(run_dir, replicate, level, "ticket")
+    if not job.done:
+        raise TicketlabError(f"level {level} of replicate {replicate} in {run_dir} has not finished")
+    init = job.file("init.safetensors") if level else job.path.parent / "init.safetensors"
+    mask = M.load_mask(job.path.parent / "mask.safetensors", device)
+    return Ticket(level, M.density(mask), mask, load_tensors(init, device))
+
+
+def user_problem(model: nn.Module, data: Dataset, seed: int) -> Problem:
+    """A :class:`Problem` for any ``nn.Module``: its current weights are replicate 0's theta_0."""
+    device = data.train.x.device
+    base = copy.deepcopy(model).to(device)
+
+    def init_model(replicate: int) -> nn.Module:
+        m = copy.deepcopy(base)
+        if replicate:
+            from ticketlab.models import initialize
+
+            initialize(m, "default", derive_seed(seed, replicate, "init"))
+        return m
+
+    def fresh_model(s: int) -> nn.Module:
+        from ticketlab.models import initialize
+
+        return initialize(copy.deepcopy(base), "default", s)
+
+    h = hashlib.sha256()
+    for k, v in base.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    identity = {"model": type(model).__name__, "weights": h.hexdigest()[:10]}
+    return Problem(data, init_model, fresh_model, identity)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TicketlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TicketlabError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def registry_problem(config: ExperimentConfig, data: Dataset) -> Problem:
+    """A :class:`Problem` for a registered model, initialised by the configured scheme."""
+    from ticketlab.models import create_model, initialize
+
+    mc = config.model
+    kwargs = {"widths": mc.widths} if mc.widths else {}
+    device = data.train.x.device
+
+    def build(seed: int) -> nn.Module:
+        model = create_model(mc.model, data.input_shape, data.num_classes, **kwargs)
+        return initialize(model, mc.init, seed).to(device)
+
+    def init_model(replicate: int) -> nn.Module:
+        return build(derive_seed(config.imp.seed, replicate, "init"))
+
+    return Problem(data, init_model, build, {"model": mc.model, "dataset": data.name})
+
+
+def imp(
+    config: ExperimentConfig, *, out: str | Path = "runs", device: str = "auto", progress: bool = False
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Run the configured experiment under ``out/<model>-<dataset>-<hash>``; everything is validated first."""
+    from ticketlab.data import load_dataset
+
+    dev = resolve_device(device)
+    data = load_dataset(
+        config.data.dataset, data_dir=config.data.data_dir or None, val_size=config.data.val_size, device=dev
+    )
+    problem = registry_problem(config, data)
+    model = problem.init_model(0)  # validates the model name, its arguments and --ignore before anything is written
+    M.prunable_names(model, prune_biases=config.prune.prune_biases, ignore=config.prune.ignore)
+    iterations_per_epoch(len(data.train), config.train.batch_size)
+    run_dir = Path(out) / f"{config.model.model}-{config.data.dataset}-{config.run_hash()}"
+    return run_dir, run_imp(config, problem, run_dir, progress=progress)

@@ -1,0 +1,82 @@
+"""Model registry: one factory per architecture, registered by name with a decorator.
+
+A factory takes the input shape (without the batch dimension), the class count and keyword
+arguments, and returns an ``nn.Module``; it never moves the model to a device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register(fn: ModelFactory) -> ModelFactory:
+    """Register a factory under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def model_names() -> dict[str, str]:
+    """Registered model names with the first line of each factory's docstring."""
+    return {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in _REGISTRY.items()}
+
+
+def create_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    """Build a registered model; unknown names and arguments are user errors."""
+    if name not in _REGISTRY:
+        raise TicketlabError(f"unknown model {name!r}; known: {', '.join(_REGISTRY)}")
+    fn = _REGISTRY[name]
+    accepted = inspect.signature(fn).parameters
+    bad = [k for k in kwargs if k not in accepted]
+    if bad:
+        raise TicketlabError(f"model {name!r} takes no argument(s) {bad}; it takes {list(accepted)[2:]}")
+    return fn(input_shape, num_classes, **kwargs)
+
+
+INIT_SCHEMES = ("glorot_normal", "kaiming_normal", "kaiming_uniform", "default")
+
+
+def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
+    """Re-initialise every linear/conv layer in place, deterministically from ``seed``.
+
+    ``glorot_normal`` is the LTH paper's Gaussian Glorot init; biases start at zero for the named
+    schemes. ``default`` calls each module's own ``reset_parameters`` under the seed, which is what
+    is used for arbitrary user modules.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise TicketlabError(f"unknown init {scheme!r}; known: {', '.join(INIT_SCHEMES)}")
+    if scheme == "default":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        return model
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                w = torch.empty(m.weight.shape)
+                if scheme == "glorot_normal":
+                    nn.init.xavier_normal_(w, generator=g)
+                elif scheme == "kaiming_normal":
+                    nn.init.kaiming_normal_(w, nonlinearity="relu", generator=g)
+                else:
+                    nn.init.kaiming_uniform_(w, nonlinearity="relu", generator=g)
+                m.weight.copy_(w)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+                m.reset_parameters()
+    return model
+
+
+from ticketlab.models import cnn1d, mlp  # noqa: E402,F401 -- registers the factories

@@ -1,0 +1,41 @@
+"""A small 1D CNN for MNIST-1D (Greydanus & Kobak's ConvBase: three stride-2 convs, then a linear head)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ticketlab.models import register
+
+
+class CNN1d(nn.Module):
+    def __init__(self, length: int, in_channels: int, channels: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.ModuleList(
+            [
+                nn.Conv1d(in_channels, channels, 5, stride=2, padding=1),
+                nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+                nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            ]
+        )
+        with torch.no_grad():
+            flat = self._features(torch.zeros(1, in_channels, length)).shape[1]
+        self.fc = nn.Linear(flat, num_classes)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.conv:
+            x = torch.relu(conv(x))
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(1)  # (B, L) -> (B, 1, L)
+        return self.fc(self._features(x))
+
+
+@register
+def mnist1d_cnn(input_shape: tuple[int, ...], num_classes: int, channels: int = 25) -> nn.Module:
+    """Small 1D CNN for MNIST-1D: three conv layers (k5/3/3, stride 2) of `channels`, linear output."""
+    length = input_shape[-1]
+    in_channels = input_shape[0] if len(input_shape) == 2 else 1
+    return CNN1d(length, in_channels, channels, num_classes)

@@ -1,0 +1,218 @@
+"""Training a (masked) network: optimizers, LR schedules, evaluation, and the mask kept exact.
+
+After every optimizer step the pruned weights are exactly zero. Gradients of pruned weights are
+zeroed before the step, so Adam's moments and SGD's momentum for them stay zero too (a pruned
+weight with zero gradient, zero weight and zero state gets a zero update, weight decay included),
+and the weights are masked again after the step in case an optimizer moves them anyway.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.config import TrainConfig
+from ticketlab.data import Dataset, Split, batches, iterations_per_epoch
+from ticketlab.masks import Mask
+from ticketlab.steps import Step
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning rate as a pure function of the iteration, so training can resume at any step."""
+
+    base_lr: float
+    total: int
+    kind: str = "constant"
+    warmup: int = 0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, per_epoch: int) -> Schedule:
+        return cls(
+            base_lr=cfg.lr,
+            total=Step.parse(cfg.steps).iterations(per_epoch),
+            kind=cfg.schedule,
+            warmup=Step.parse(cfg.warmup).iterations(per_epoch),
+            milestones=tuple(sorted(Step.parse(m).iterations(per_epoch) for m in cfg.milestones)),
+            gamma=cfg.gamma,
+        )
+
+    def lr(self, step: int) -> float:
+        """LR used for the update that takes the model from ``step`` to ``step + 1``."""
+        factor = 1.0
+        if self.warmup and step < self.warmup:
+            factor = (step + 1) / self.warmup
+        if self.kind == "step":
+            factor *= self.gamma ** sum(step >= m for m in self.milestones)
+        elif self.kind == "cosine":
+            span = max(self.total - self.warmup, 1)
+            factor *= 0.5 * (1 + math.cos(math.pi * min(max(step - self.warmup, 0), span) / span))
+        return self.base_lr * factor
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+
+
+class MaskedParams:
+    """The prunable parameters of a model paired with float masks, for fast in-place masking."""
+
+    def __init__(self, model: nn.Module, mask: Mask):
+        named = dict(model.named_parameters())
+        self.names = list(mask)
+        self.params = [named[n] for n in self.names]
+        self.masks = [mask[n].to(named[n].device, named[n].dtype) for n in self.names]
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, [m for p, m in zip(self.params, self.masks) if p.grad is not None])
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
+
+    @torch.no_grad()
+    def mask_state(self, optimizer: torch.optim.Optimizer) -> None:
+        for p, m in zip(self.params, self.masks):
+            for v in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    v.mul_(m)
+
+    @torch.no_grad()
+    def check(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Runtime invariant: pruned weights and their optimizer state are exactly zero."""
+        for name, p, m in zip(self.names, self.params, self.masks):
+            tensors = [p] + [
+                v
+                for v in (optimizer.state.get(p, {}).values() if optimizer else [])
+                if torch.is_tensor(v) and v.shape == p.shape
+            ]
+            for t in tensors:
+                if bool((t[m == 0] != 0).any()):
+                    raise AssertionError(f"pruned entries of {name} are not zero after training")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, chunk: int = 8192) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` (in eval mode)."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=split.x.device)
+    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
+    for i in range(0, len(split), chunk):
+        out = model(split.x[i : i + chunk])
+        y = split.y[i : i + chunk]
+        loss += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(len(split), 1)
+    return loss.item() / n, correct.item() / n
+
+
+@dataclass
+class TrainResult:
+    metrics: list[dict[str, Any]]  # one row per evaluation
+    final_test_acc: float
+    best_test_acc: float  # test accuracy at the early-stop step
+    early_stop_step: int  # step of minimum validation loss (test loss when there is no validation set)
+    train_acc: float
+    wall_time_s: float
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "metrics"}
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    mask: Mask,
+    data_seed: int,
+    start: int = 0,
+    save_at: int | None = None,
+    on_save: Callable[[nn.Module], None] | None = None,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place from iteration ``start`` to the end of the schedule, keeping ``mask``.
+
+    ``on_save(model)`` is called once the model has taken ``save_at`` steps (the rewind point).
+    ``progress(iterations_done, last_eval)`` is called after each step.
+    """
+    t0 = time.perf_counter()
+    per_epoch = iterations_per_epoch(len(data.train), cfg.batch_size)
+    schedule = Schedule.from_config(cfg, per_epoch)
+    eval_every = Step.parse(cfg.eval_every).iterations(per_epoch)
+    masked = MaskedParams(model, mask)
+    masked.mask_weights()
+    optimizer = make_optimizer(list(model.parameters()), cfg)
+    metrics: list[dict[str, Any]] = []
+    running, seen = torch.zeros((), device=data.train.x.device), 0
+
+    def record(step: int) -> dict[str, Any]:
+        nonlocal running, seen
+        row: dict[str, Any] = {"step": step, "lr": schedule.lr(max(step - 1, 0))}
+        if seen:
+            row["train_loss"] = running.item() / seen
+            running, seen = torch.zeros_like(running), 0
+        if data.val is not None:
+            row["val_loss"], row["val_acc"] = evaluate(model, data.val)
+        row["test_loss"], row["test_acc"] = evaluate(model, data.test)
+        metrics.append(row)
+        return row
+
+    if save_at is not None and save_at == start and on_save:
+        on_save(model)
+    last = record(start)
+    model.train()
+    for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, schedule.total):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr(it)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        masked.mask_grads()
+        optimizer.step()
+        masked.mask_weights()
+        running += loss.detach()
+        seen += 1
+        done = it + 1
+        if save_at is not None and done == save_at and on_save:
+            on_save(model)
+        if done % eval_every == 0 or done == schedule.total:
+            last = record(done)
+            model.train()
+        if progress:
+            progress(done, last)
+    masked.check(optimizer)
+    key = "val_loss" if data.val is not None else "test_loss"
+    best = min(metrics, key=lambda r: r[key])
+    _, train_acc = evaluate(model, data.train)
+    return TrainResult(
+        metrics=metrics,
+        final_test_acc=metrics[-1]["test_acc"],
+        best_test_acc=best["test_acc"],
+        early_stop_step=best["step"],
+        train_acc=train_acc,
+        wall_time_s=time.perf_counter() - t0,
+    )
+
+
+def total_iterations(cfg: TrainConfig, n_train: int) -> int:
+    return Step.parse(cfg.steps).iterations(iterations_per_epoch(n_train, cfg.batch_size))

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from ticketlab import config as C
+from ticketlab.errors import TicketlabError
+
+
+def test_defaults_are_the_default_preset():
+    # `ticketlab imp` with no flags applies the default preset; it must describe the same run.
+    assert C.from_dict(C.preset(C.DEFAULT_PRESET)) == C.ExperimentConfig()
+
+
+def test_hash_ignores_levels_replicates_and_baselines_but_not_what_changes_results():
+    base = C.ExperimentConfig()
+    same = base.replace(imp={"levels": 3, "replicates": 5, "baselines": ()})
+    assert same.run_hash() == base.run_hash()
+    assert base.replace(train={"lr": 0.5}).run_hash() != base.run_hash()
+    assert base.replace(imp={"rewind": "10it"}).run_hash() != base.run_hash()
+
+
+def test_values_from_text_are_coerced_to_field_types():
+    cfg = C.from_dict(
+        {
+            "model": {"widths": "300, 100"},
+            "train": {"lr": "0.1", "nesterov": "false"},
+            "prune": {"output_fraction": "none"},
+            "imp": {"levels": "4"},
+        }
+    )
+    assert cfg.model.widths == (300, 100) and cfg.train.lr == 0.1 and cfg.imp.levels == 4
+    assert cfg.prune.output_fraction is None and cfg.train.nesterov is False
+
+
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        ({"prune": {"fraction": 0}}, r"fraction must be in \(0, 1\]"),
+        ({"prune": {"fraction": 1.5}}, r"fraction must be in \(0, 1\]"),
+        ({"prune": {"output_fraction": -0.1}}, r"output_fraction must be in \(0, 1\]"),
+        ({"imp": {"one_shot": True, "target_density": 0}}, r"target_density must be in \(0, 1\]"),
+        ({"imp": {"target_density": 0.1}}, "needs --one-shot"),
+        ({"train": {"steps": "10 epochs"}}, "malformed step"),
+        ({"train": {"lr": "fast"}}, "cannot read 'fast' as float"),
+        ({"train": {"optimizer": "rmsprop"}}, "not one of adam, sgd"),
+        ({"train": {"lrr": 0.1}}, r"unknown key\(s\) \['lrr'\]"),
+        ({"trian": {}}, "unknown config section"),
+        ({"imp": {"levels": 2.5}}, "cannot read 2.5 as int"),
+        ({"train": {"nesterov": True}}, "nesterov needs"),
+    ],
+)
+def test_bad_values_are_user_errors_that_say_what_is_wrong(d, message):
+    with pytest.raises(TicketlabError, match=message):
+        C.from_dict(d)
+
+
+def test_config_files_yaml_and_json(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  lr: 0.05\nimp:\n  levels: 2\n")
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"prune": {"strategy": "global"}}))
+    assert C.from_dict(C.load_file(y)).train.lr == 0.05
+    assert C.from_dict(C.load_file(j)).prune.strategy == "global"
+
+
+def test_unreadable_or_malformed_config_file(tmp_path):
+    with pytest.raises(TicketlabError, match="cannot read config file"):
+        C.load_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(TicketlabError, match="cannot parse config file"):
+        C.load_file(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(TicketlabError, match="must hold a mapping"):
+        C.load_file(listy)
+
+
+def test_every_preset_is_a_valid_config():
+    for name in C.PRESETS:
+        C.from_dict(C.preset(name))
+    with pytest.raises(TicketlabError, match="unknown preset"):
+        C.preset("lth-nope")
