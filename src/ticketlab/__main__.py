@@ -1,0 +1,3 @@
+from ticketlab.cli import entry
+
+entry()

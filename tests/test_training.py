@@ -1,0 +1,150 @@
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ticketlab.config import TrainConfig
+from ticketlab.data import batches, load_dataset
+from ticketlab.masks import full_mask, prunable_names
+from ticketlab.models import create_model, initialize
+from ticketlab.training import MaskedParams, Schedule, make_optimizer, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", val_size=200)
+
+
+def _model(data, seed=0):
+    return initialize(create_model("mlp", data.input_shape, data.num_classes, widths=(32, 16)), "glorot_normal", seed)
+
+
+def _random_mask(model, density=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(m.shape, generator=g) < density for n, m in full_mask(model, prunable_names(model)).items()}
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3},
+        {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},
+        {"optimizer": "adam", "lr": 1e-2, "weight_decay": 1e-4},
+    ],
+)
+def test_pruned_weights_and_optimizer_state_stay_exactly_zero(data, opt):
+    model = _model(data)
+    mask = _random_mask(model)
+    cfg = TrainConfig(batch_size=32, steps="300it", eval_every="100it", **opt)
+    seen = []
+
+    # Check after every single step, not only at the end: hook the optimizer's step.
+    def after_step(optimizer, *_):
+        params = dict(model.named_parameters())
+        for name, m in mask.items():
+            p = params[name]
+            held = [v for v in optimizer.state[p].values() if torch.is_tensor(v) and v.shape == p.shape]
+            seen.append(all(bool((t[~m] == 0).all()) for t in [p, *held]))
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        train(model, data, cfg, mask=mask, data_seed=0)
+    finally:
+        handle.remove()
+    # The post-step hook fires before the weights are re-masked, so zeros there show the gradient
+    # masking alone keeps the optimizer from moving pruned weights.
+    assert len(seen) == 300 * len(mask) and all(seen)
+    params = dict(model.named_parameters())
+    for name, m in mask.items():
+        assert bool((params[name][~m] == 0).all())
+        assert bool((params[name][m] != 0).all())  # the kept weights did train
+
+
+def test_optimizer_state_of_pruned_entries_is_zero(data):
+    model = _model(data)
+    mask = _random_mask(model)
+    cfg = TrainConfig(optimizer="adam", lr=1e-2, batch_size=32)
+    masked = MaskedParams(model, mask)
+    opt = make_optimizer(list(model.parameters()), cfg)
+    for _, x, y in batches(data.train, 32, 0, 0, 50):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        masked.mask_grads()
+        opt.step()
+        masked.mask_weights()
+    for name, p in zip(masked.names, masked.params):
+        state = opt.state[p]
+        assert set(state) >= {"exp_avg", "exp_avg_sq"}
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert bool((state[key][~mask[name]] == 0).all())
+    masked.check(opt)
+
+
+def test_schedules():
+    const = Schedule(0.1, total=100)
+    assert const.lr(0) == const.lr(99) == 0.1
+    warm = Schedule(1.0, total=100, warmup=10)
+    assert warm.lr(0) == pytest.approx(0.1) and warm.lr(9) == pytest.approx(1.0) and warm.lr(50) == 1.0
+    step = Schedule(1.0, total=100, kind="step", milestones=(50, 80), gamma=0.1)
+    assert [step.lr(i) for i in (49, 50, 79, 80)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+    cos = Schedule(1.0, total=100, kind="cosine")
+    assert cos.lr(0) == 1.0 and cos.lr(50) == pytest.approx(0.5) and cos.lr(100) == pytest.approx(0.0)
+
+
+def test_schedule_from_config_reads_epochs():
+    cfg = TrainConfig(steps="10ep", schedule="step", milestones=("5ep", "8ep"), warmup="3it")
+    s = Schedule.from_config(cfg, per_epoch=7)
+    assert s.total == 70 and s.milestones == (35, 56) and s.warmup == 3
+
+
+def test_batches_resume_mid_run_exactly(data):
+    full = list(batches(data.train, 64, seed=5, start=0, stop=90))
+    tail = list(batches(data.train, 64, seed=5, start=37, stop=90))
+    assert [b[0] for b in tail] == list(range(37, 90))
+    for (_, x1, y1), (_, x2, y2) in zip(full[37:], tail):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    # Each epoch visits distinct examples, and epochs are shuffled differently.
+    per_epoch = len(data.train) // 64
+    first = torch.cat([b[2] for b in full[:per_epoch]])
+    assert len(first) == per_epoch * 64
+    assert not torch.equal(full[0][1], full[per_epoch][1])
+
+
+def test_same_seed_same_training(data):
+    cfg = TrainConfig(batch_size=32, steps="120it", eval_every="40it", lr=1e-2)
+    results, weights = [], []
+    for _ in range(2):
+        model = _model(data, seed=3)
+        results.append(train(model, data, cfg, mask=_random_mask(model), data_seed=9).summary())
+        weights.append(model.state_dict())
+    for k in ("final_test_acc", "best_test_acc", "early_stop_step", "train_acc"):
+        assert results[0][k] == results[1][k]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_save_at_rewind_step_matches_a_run_stopped_there(data):
+    # The checkpoint taken "when training passes k" equals a model trained for exactly k steps.
+    cfg = TrainConfig(batch_size=32, steps="80it", eval_every="40it", lr=1e-2)
+    saved = {}
+    model = _model(data)
+    mask = _random_mask(model)
+    train(
+        model,
+        data,
+        cfg,
+        mask=mask,
+        data_seed=1,
+        save_at=25,
+        on_save=lambda m: saved.update({k: v.clone() for k, v in m.state_dict().items()}),
+    )
+    short = _model(data)
+    train(short, data, TrainConfig(batch_size=32, steps="25it", eval_every="40it", lr=1e-2), mask=mask, data_seed=1)
+    assert all(torch.equal(saved[k], v) for k, v in short.state_dict().items())
+
+
+def test_early_stop_uses_validation_loss(data):
+    model = _model(data)
+    res = train(model, data, TrainConfig(batch_size=32, steps="100it", eval_every="20it"), mask={}, data_seed=0)
+    best = min(res.metrics, key=lambda r: r["val_loss"])
+    assert res.early_stop_step == best["step"] and res.best_test_acc == best["test_acc"]
+    assert [r["step"] for r in res.metrics] == [0, 20, 40, 60, 80, 100]
