@@ -1,0 +1,61 @@
+import pytest
+import torch
+from torch import nn
+
+from ticketlab import TicketlabError, find_ticket
+from ticketlab.data import load_dataset
+
+OPTS = dict(levels=2, fraction=0.5, steps="60it", eval_every="20it", batch_size=50, lr=1e-2, baselines=())
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_dataset("synthetic")
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_find_ticket_on_a_user_module(synthetic, tmp_path):
+    model = _net()
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+    train, test = (synthetic.train.x, synthetic.train.y), (synthetic.test.x, synthetic.test.y)
+    search = find_ticket(model, train, test, out=tmp_path, device="cpu", **OPTS)
+    ticket = search.ticket
+    assert ticket.level == 2
+    # 50% per level on both layers (no separate output rate here): 25% left, exact per layer
+    for m in ticket.mask.values():
+        assert int(m.sum()) == m.numel() - round(0.5 * m.numel()) - round(0.5 * (m.numel() - round(0.5 * m.numel())))
+    # rewound to step 0: the ticket's weights are the user's own initial weights, masked
+    assert torch.equal(ticket.state["0.weight"], theta0["0.weight"] * ticket.mask["0.weight"])
+    assert torch.equal(ticket.state["0.bias"], theta0["0.bias"])
+    fresh = ticket.load_into(_net())
+    assert bool((fresh[0].weight[~ticket.mask["0.weight"]] == 0).all())
+    assert torch.equal(model.state_dict()["0.weight"], theta0["0.weight"])  # the user's model is not touched
+    assert [r["level"] for r in search.rows] == [0, 1, 2]
+    assert search.at(1).density > ticket.density
+
+
+def test_dataloader_input_gives_the_same_ticket(synthetic, tmp_path):
+    tensors = find_ticket(
+        _net(),
+        (synthetic.train.x, synthetic.train.y),
+        (synthetic.test.x, synthetic.test.y),
+        device="cpu",
+        out=tmp_path / "a",
+        **OPTS,
+    )
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(synthetic.train.x, synthetic.train.y), 64)
+    test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(synthetic.test.x, synthetic.test.y), 64)
+    loaded = find_ticket(_net(), loader, test, device="cpu", out=tmp_path / "b", **OPTS)
+    for name in tensors.ticket.mask:
+        assert torch.equal(tensors.ticket.mask[name], loaded.ticket.mask[name])
+
+
+def test_user_errors(synthetic):
+    with pytest.raises(TicketlabError, match="unknown option 'levles'"):
+        find_ticket(_net(), (synthetic.train.x, synthetic.train.y), (synthetic.test.x, synthetic.test.y), levles=3)
+    with pytest.raises(TicketlabError, match="cannot take the training inputs"):
+        find_ticket(nn.Linear(7, 2), (synthetic.train.x, synthetic.train.y), (synthetic.test.x, synthetic.test.y))
