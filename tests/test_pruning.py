@@ -87,3 +87,10 @@ def test_mask_save_load_roundtrip_and_apply(tmp_path):
     M.apply_mask(model, back)
     assert bool((model.weight[~mask["weight"]] == 0).all())
     assert M.hamming(mask, back) == 0.0 and M.density(mask) == mask["weight"].float().mean().item()
+
+
+def test_nan_and_infinite_scores_still_give_the_exact_count():
+    scores = {"a": t(float("nan"), float("-inf"), 1.0, 2.0, 0.5, 3.0)}
+    mask = {"a": t(True, True, True, True, False, True)}
+    new = prune(scores, mask, fraction=0.4, strategy="layerwise", pool=["a"])
+    assert int(new["a"].sum()) == 3 and new["a"].tolist() == [False, False, True, True, False, True]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,16 @@ from ticketlab.data import Dataset, iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.pruning import compound, magnitude, matching_output_fraction, plan_fractions, prune, random_mask
 from ticketlab.steps import Step
-from ticketlab.store import JobDir, RunLock, load_tensors, read_json, save_tensors, write_csv, write_json
+from ticketlab.store import (
+    JobDir,
+    RunLock,
+    atomic_write_text,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_csv,
+    write_json,
+)
 from ticketlab.training import TrainResult, train
 
 BRANCHES = ("ticket", "reinit", "random_prune")
@@ -245,10 +255,6 @@ def _train_job(model, data, cfg, mask, data_seed, start, bars, job: JobDir, save
 
 def _finish(job: JobDir, model: nn.Module, mask: M.Mask, result: TrainResult) -> None:
     """Write a job's outputs; ``result.json`` last, so its presence means the job is complete."""
-    import json
-
-    from ticketlab.store import atomic_write_text
-
     save_tensors(job.file("final.safetensors"), _state(model))
     atomic_write_text(job.file("metrics.jsonl"), "".join(json.dumps(row) + "\n" for row in result.metrics))
     summary = {

@@ -48,12 +48,17 @@ def _kept_after(remaining: int, fraction: float) -> int:
 
 def _top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
     """Bool mask of the ``keep`` highest scores among ``alive`` entries (flattened)."""
-    s = scores.flatten().float().masked_fill(~alive.flatten(), float("-inf"))
-    s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"))
+    alive = alive.flatten()
+    lowest = torch.finfo(torch.float32).min
+    # Alive entries always rank above pruned ones, even with NaN or -inf scores, so the count is exact.
+    s = scores.flatten().float().nan_to_num(nan=lowest, neginf=lowest)
+    s = torch.where(alive, s, torch.full_like(s, float("-inf")))
     out = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
     if keep > 0:
         out[torch.topk(s, keep, sorted=False).indices] = True
-    return out & alive.flatten()
+    if int(out.sum()) != keep or bool((out & ~alive).any()):
+        raise AssertionError(f"pruning kept {int(out.sum())} weights, {keep} requested")
+    return out
 
 
 def prune(
