@@ -26,8 +26,8 @@ class MLP(nn.Module):
 
 
 @register
-def mlp(input_shape: tuple[int, ...], num_classes: int, widths: tuple[int, ...] = (300, 100)) -> nn.Module:
-    """MLP with arbitrary hidden widths (default 300-100)."""
+def mlp(input_shape: tuple[int, ...], num_classes: int, widths: tuple[int, ...] = (100, 100)) -> nn.Module:
+    """MLP with arbitrary hidden widths (default 100-100, the MNIST-1D repository's MLP)."""
     return MLP(math.prod(input_shape), tuple(widths), num_classes)
 
 
