@@ -293,16 +293,6 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "imp": {"levels": 11, "replicates": 2},
         },
     ),
-    "mnist1d-lth-500": (
-        "the MNIST-1D paper's LTH MLP 40-500-500-10, otherwise as mnist1d-lth, one replicate (about 2.5 min)",
-        {
-            "data": {"dataset": "mnist1d"},
-            "model": {"model": "mnist1d_mlp", "init": "glorot_normal"},
-            "train": {"optimizer": "adam", "lr": 2e-2, "batch_size": 100, "steps": "1500it"},
-            "prune": {"strategy": "layerwise", "fraction": 0.25},
-            "imp": {"levels": 11, "replicates": 1},
-        },
-    ),
     "lth-lenet300": (
         "LTH paper LeNet-300-100 on Fashion-MNIST: Adam 1.2e-3, batch 60, 50K it, layerwise 20/20/10, 5K val",
         {
@@ -324,6 +314,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
+PRESETS["mnist1d-lth-500"] = (
+    "the MNIST-1D paper's LTH MLP 40-500-500-10, otherwise as mnist1d-lth, one replicate (about 2.5 min)",
+    merge(PRESETS["mnist1d-lth"][1], {"model": {"model": "mnist1d_mlp"}, "imp": {"replicates": 1}}),
+)
 DEFAULT_PRESET = "mnist1d-lth"
 
 
