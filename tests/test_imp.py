@@ -155,3 +155,24 @@ def test_a_run_directory_of_another_experiment_is_refused(data, tmp_path):
 def test_rewind_point_after_training_is_refused(data, tmp_path):
     with pytest.raises(TicketlabError, match="must come before the end of training"):
         _run(tiny_config(imp={"rewind": "60it"}), data, tmp_path)
+
+
+def test_rewinding_to_k_resumes_the_schedule_and_data_order(data, tmp_path):
+    # Plain SGD keeps no optimizer state, so retraining the unpruned network from theta_k must land exactly on
+    # the dense network's final weights -- only if the LR schedule (warmup, milestones) and the data order resume
+    # at k exactly.
+    from ticketlab.imp import derive_seed
+    from ticketlab.training import train
+
+    cfg = tiny_config(
+        train={"optimizer": "sgd", "lr": 0.05, "schedule": "step", "milestones": ("30it",), "warmup": "15it"},
+        imp={"rewind": "20it", "levels": 0},
+    )
+    _run(cfg, data, tmp_path)
+    level0 = JobDir(tmp_path, 0, 0, "ticket")
+    model = registry_problem(cfg, data).init_model(0)
+    model.load_state_dict(load_tensors(level0.path.parent / "rewind.safetensors"))
+    mask = M.full_mask(model, M.prunable_names(model))
+    train(model, data, cfg.train, mask=mask, data_seed=derive_seed(cfg.imp.seed, 0, "data"), start=20)
+    final = load_tensors(level0.file("final.safetensors"))
+    assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())

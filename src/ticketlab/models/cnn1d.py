@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -28,14 +30,13 @@ class CNN1d(nn.Module):
         return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            x = x.unsqueeze(1)  # (B, L) -> (B, 1, L)
+        x = x.reshape(len(x), self.conv[0].in_channels, -1)  # (B, L) or (B, C, H, W) -> (B, C, L)
         return self.fc(self._features(x))
 
 
 @register
 def mnist1d_cnn(input_shape: tuple[int, ...], num_classes: int, channels: int = 25) -> nn.Module:
     """Small 1D CNN for MNIST-1D: three conv layers (k5/3/3, stride 2) of `channels`, linear output."""
-    length = input_shape[-1]
-    in_channels = input_shape[0] if len(input_shape) == 2 else 1
-    return CNN1d(length, in_channels, channels, num_classes)
+    # (L,) is one channel; (C, ...) keeps C channels and reads the rest as one sequence (images row by row).
+    in_channels = 1 if len(input_shape) == 1 else input_shape[0]
+    return CNN1d(math.prod(input_shape) // in_channels, in_channels, channels, num_classes)
