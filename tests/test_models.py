@@ -30,7 +30,7 @@ def test_glorot_normal_has_the_glorot_variance():
     model = initialize(create_model("lenet_300_100", (1, 28, 28), 10), "glorot_normal", 0)
     w = model.fc[0].weight.detach()
     assert abs(float(w.std()) - (2 / (784 + 300)) ** 0.5) < 1e-3
-    assert float(model.fc[0].bias.abs().max()) == 0.0
+    assert float(model.fc[0].bias.detach().abs().max()) == 0.0
 
 
 def test_widths_and_errors():
