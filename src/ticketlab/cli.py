@@ -15,11 +15,13 @@ from ticketlab.errors import TicketlabError
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    # The defaults shown are what a run without --preset/--config uses: the default preset over the dataclasses.
+    effective = C.from_dict(C.preset(C.DEFAULT_PRESET))
     for section in C.SECTIONS:
         group = parser.add_argument_group(f"{section} options")
         for f in C.fields_of(section):
             flag = "--" + f.name.replace("_", "-")
-            default = f.default
+            default = getattr(getattr(effective, section), f.name)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             help_text = f"{f.metadata['help']} (default: {shown})"
             if f.metadata["choices"]:
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "imp",
         help="iterative magnitude pruning with rewinding, and baselines",
         description="Train, prune, rewind and retrain level after level, beside the random re-init and random "
-        "pruning baselines. With no flags: the default MNIST-1D experiment.",
+        f"pruning baselines. With no flags: the default MNIST-1D experiment (preset {C.DEFAULT_PRESET}, whose "
+        "values the defaults below show; a --preset or --config replaces them).",
     )
     p.add_argument("--preset", help=f"named config (see `ticketlab presets`); default {C.DEFAULT_PRESET}")
     p.add_argument("--config", help="YAML or JSON file with sections data/model/train/prune/imp")
