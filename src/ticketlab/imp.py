@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,7 +88,19 @@ class _Progress:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="it", leave=True, dynamic_ncols=True, file=sys.stderr)
+        # Some (pseudo-)terminals report a size of 0x0, with which tqdm hides the bar; fall back to 100x24.
+        size = shutil.get_terminal_size()
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit="it",
+            leave=True,
+            file=sys.stderr,
+            ncols=min(size.columns or 100, 120),
+            nrows=size.lines or 24,
+            # short enough that the accuracy fits on an 80-column line
+            bar_format="{desc} {bar:10} {n_fmt}/{total_fmt} {elapsed}<{remaining} {postfix}",
+        )
 
 
 def run_imp(
@@ -222,12 +235,13 @@ def _next_mask(cfg, run_dir, r, level, mask, pool, own, device) -> M.Mask:
 def _train_job(model, data, cfg, mask, data_seed, start, bars, job: JobDir, save_at=None, on_save=None) -> TrainResult:
     total = Step.parse(cfg.train.steps).iterations(iterations_per_epoch(len(data.train), cfg.train.batch_size))
     desc = f"rep {job.replicate} level {job.level:2d} {job.branch:<12} {100 * M.density(mask):6.2f}%"
-    bar = bars.job(desc, total - start)
+    short = f"r{job.replicate} L{job.level:<2} {job.branch:<12} {100 * M.density(mask):6.2f}%"
+    bar = bars.job(short, total - start)
 
     def show(done: int, last: dict[str, Any]) -> None:
         bar.update(1)
         if done % 50 == 0 or done == total:
-            bar.set_postfix(test_acc=f"{last['test_acc']:.3f}", refresh=False)
+            bar.set_postfix_str(f"test acc {last['test_acc']:.3f}", refresh=False)
 
     result = train(
         model,
@@ -241,7 +255,7 @@ def _train_job(model, data, cfg, mask, data_seed, start, bars, job: JobDir, save
         progress=show if bar is not None else None,
     )
     if bar is not None:
-        bar.set_postfix(test_acc=f"{result.final_test_acc:.3f}")
+        bar.set_postfix_str(f"test acc {result.final_test_acc:.3f}")
         bar.close()
     else:
         print(
