@@ -11,27 +11,10 @@ import pytest
 
 from ticketlab.store import read_csv
 
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--model",
-    "mlp",
-    "--widths",
-    "16,8",
-    "--steps",
-    "40it",
-    "--eval-every",
-    "20it",
-    "--batch-size",
-    "50",
-    "--lr",
-    "0.01",
-    "--fraction",
-    "0.5",
-    "--levels",
-    "2",
-    "--no-progress",
-]
+TINY = (
+    "--dataset synthetic --model mlp --widths 16,8 --steps 40it --eval-every 20it --batch-size 50 --lr 0.01 "
+    "--fraction 0.5 --replicates 1 --levels 2 --no-progress"
+).split()
 COLUMNS = [
     "replicate",
     "level",
@@ -171,7 +154,7 @@ def test_config_file_then_flags_override(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         "data: {dataset: synthetic}\nmodel: {model: mlp, widths: [16, 8]}\n"
-        "train: {steps: 40it, eval_every: 20it, batch_size: 50}\nimp: {levels: 1, baselines: []}\n"
+        "train: {steps: 40it, eval_every: 20it, batch_size: 50}\nimp: {levels: 1, replicates: 1, baselines: []}\n"
     )
     ticketlab("imp", "--config", str(cfg), "--levels", "2", "--no-progress", "--out", str(tmp_path / "o"), check=True)
     rows = read_csv(next((tmp_path / "o").iterdir()) / "results.csv")
