@@ -6,9 +6,9 @@ from ticketlab import config as C
 from ticketlab.errors import TicketlabError
 
 
-def test_default_preset_is_the_defaults_with_two_replicates():
+def test_default_preset_is_the_defaults_with_three_replicates():
     # `ticketlab imp` with no flags applies the default preset; the library defaults run one replicate.
-    assert C.from_dict(C.preset(C.DEFAULT_PRESET)) == C.ExperimentConfig().replace(imp={"replicates": 2})
+    assert C.from_dict(C.preset(C.DEFAULT_PRESET)) == C.ExperimentConfig().replace(imp={"replicates": 3})
 
 
 def test_hash_ignores_levels_replicates_and_baselines_but_not_what_changes_results():

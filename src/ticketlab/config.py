@@ -284,13 +284,13 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 # Named configs. Each is a partial mapping merged over the defaults; any field stays overridable.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "mnist1d-lth": (
-        "the default: MNIST-1D, MLP 40-100-100-10, Adam 2e-2, batch 100, 1500 it, 25%/level to 4.2%, 2 replicates",
+        "the default: MNIST-1D, MLP 40-100-100-10, Adam 2e-2, batch 100, 1500 it, 25%/level to 4.2%, 3 replicates",
         {
             "data": {"dataset": "mnist1d"},
             "model": {"model": "mlp", "init": "glorot_normal"},
             "train": {"optimizer": "adam", "lr": 2e-2, "batch_size": 100, "steps": "1500it"},
             "prune": {"strategy": "layerwise", "fraction": 0.25},
-            "imp": {"levels": 11, "replicates": 2},
+            "imp": {"levels": 11, "replicates": 3},
         },
     ),
     "lth-lenet300": (
