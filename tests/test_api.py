@@ -59,3 +59,15 @@ def test_user_errors(synthetic):
         find_ticket(_net(), (synthetic.train.x, synthetic.train.y), (synthetic.test.x, synthetic.test.y), levles=3)
     with pytest.raises(TicketlabError, match="cannot take the training inputs"):
         find_ticket(nn.Linear(7, 2), (synthetic.train.x, synthetic.train.y), (synthetic.test.x, synthetic.test.y))
+
+
+def test_val_size_splits_the_training_data_and_other_data_is_refused_on_resume(synthetic, tmp_path):
+    train, test = (synthetic.train.x, synthetic.train.y), (synthetic.test.x, synthetic.test.y)
+    search = find_ticket(_net(), train, test, out=tmp_path, device="cpu", val_size=300, **OPTS)
+    metrics = (search.run_dir / "replicate_0" / "level_1" / "ticket" / "metrics.jsonl").read_text()
+    assert '"val_loss"' in metrics  # early stopping uses the held-out split
+    shuffled = (synthetic.test.x, synthetic.test.y.flip(0))
+    with pytest.raises(TicketlabError, match="holds a different experiment"):
+        find_ticket(_net(), train, shuffled, out=tmp_path, device="cpu", val_size=300, **OPTS)
+    with pytest.raises(TicketlabError, match="does not apply"):
+        find_ticket(_net(), train, test, init="kaiming_normal")

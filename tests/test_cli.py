@@ -122,6 +122,12 @@ def test_kill_minus_nine_then_resume_gives_the_uninterrupted_results(tmp_path):
         (["--ignore", "fc.9.weight"], "--ignore names no parameter"),
         (["--dataset", "fashion-mnist", "--data-dir", "EMPTY"], "apt-get install dataset-fashion-mnist"),
         (["--device", "cuda:7"], "cuda"),
+        (["--rewind", "40it"], "must come before the end of training"),
+        (["--steps", "0it"], "trains for no iterations"),
+        (["--ignore", "fc"], "no prunable parameters"),
+        (["--lr", "nan"], "lr must be a finite number"),
+        (["--widths", "-3"], "widths must be positive"),
+        (["--baselines", "reinit,reinit"], "baselines names one twice"),
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(tmp_path, args, message):
@@ -188,3 +194,21 @@ def test_help_documents_every_flag_and_presets_are_listed():
         assert flag in text
     presets = ticketlab("presets", check=True).stdout
     assert "lth-lenet300" in presets and "mnist1d-lth" in presets
+
+
+def test_unwritable_output_directory_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = ticketlab("imp", *TINY, "--out", str(blocker / "runs"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("ticketlab: error:")
+
+
+def test_report_on_a_run_that_was_stopped_early(tmp_path):
+    ticketlab("imp", *TINY, "--out", str(tmp_path), check=True)
+    run_dir = next(tmp_path.iterdir())
+    (run_dir / "results.csv").unlink()  # as if killed before the end
+    (run_dir / "replicate_0" / "level_2" / "reinit" / "result.json").unlink()
+    out = ticketlab("report", str(run_dir), check=True).stdout
+    assert "random pruning" in out and len([line for line in out.splitlines() if line.strip().startswith("2 ")]) == 1
+    proc = ticketlab("report", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "has no config.json" in proc.stderr

@@ -148,3 +148,12 @@ def test_early_stop_uses_validation_loss(data):
     best = min(res.metrics, key=lambda r: r["val_loss"])
     assert res.early_stop_step == best["step"] and res.best_test_acc == best["test_acc"]
     assert [r["step"] for r in res.metrics] == [0, 20, 40, 60, 80, 100]
+
+
+def test_divergence_is_reported_as_a_user_error(data):
+    from ticketlab.errors import TicketlabError
+
+    model = _model(data)
+    cfg = TrainConfig(optimizer="sgd", lr=1e12, batch_size=32, steps="60it", eval_every="20it")
+    with pytest.raises(TicketlabError, match="training diverged"):
+        train(model, data, cfg, mask=_random_mask(model), data_seed=0)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ticketlab import config as C
-from ticketlab.data import Dataset, fingerprint, tensors_from
+from ticketlab.data import Dataset, fingerprint, split_validation, tensors_from
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import Ticket, level_count, load_ticket, resolve_device, run_imp, user_problem
 
@@ -29,10 +29,18 @@ class TicketSearch:
         return load_ticket(self.run_dir, level, replicate, self.ticket.mask[next(iter(self.ticket.mask))].device)
 
 
+# The caller brings the model and the data, so these options would have nothing to act on.
+_NOT_FOR_USER_MODELS = ("dataset", "data_dir", "model", "widths", "init")
+
+
 def _flat_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    where = {f.name: s for s in C.SECTIONS for f in C.fields_of(s)}
+    where = {f.name: s for s in C.SECTIONS for f in C.fields_of(s) if f.name not in _NOT_FOR_USER_MODELS}
     nested: dict[str, dict[str, Any]] = {}
     for name, value in overrides.items():
+        if name in _NOT_FOR_USER_MODELS:
+            raise TicketlabError(
+                f"find_ticket takes your model and data as arguments; the option {name!r} does not apply"
+            )
         if name not in where:
             raise TicketlabError(f"find_ticket got an unknown option {name!r}; options: {', '.join(where)}")
         nested.setdefault(where[name], {})[name] = value
@@ -63,11 +71,17 @@ def find_ticket(
     cfg = C.from_dict(C.merge(base, _flat_overrides(options)))
     dev = resolve_device(device)
     tr, te = tensors_from(train, "train"), tensors_from(test, "test")
-    va = tensors_from(val, "val") if val is not None else None
+    if val is not None:
+        if cfg.data.val_size:
+            raise TicketlabError("give either val= data or the val_size option, not both")
+        va = tensors_from(val, "val")
+    else:
+        tr, va = split_validation(tr, cfg.data.val_size)
     num_classes = int(max(tr.y.max(), te.y.max())) + 1
     data = Dataset("user", tr, te, va, num_classes).to(dev)
     problem = user_problem(model, data, cfg.imp.seed)
-    problem.identity["data"] = fingerprint(tr)
+    # A run directory belongs to these exact data: resuming with other data is refused.
+    problem.identity["data"] = [fingerprint(tr), fingerprint(te), fingerprint(va) if va is not None else None]
     with torch.no_grad():
         try:
             problem.init_model(0)(data.train.x[:2])

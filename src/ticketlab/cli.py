@@ -122,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from ticketlab.report import report
 
-            if not (Path(args.run_dir) / "results.csv").exists():
-                raise TicketlabError(f"{args.run_dir} has no results.csv: is it a ticketlab run directory?")
             text, png = report(Path(args.run_dir), args.metric)
             print(text)
             print(f"\nplot: {png}")
@@ -132,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TicketlabError as e:
         print(f"ticketlab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output directory that cannot be written, a full disk
+        print(
+            f"ticketlab: error: {e.strerror or e}: {e.filename or ''} (nothing finished is lost; fix it and run "
+            "the same command again)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("ticketlab: interrupted; run the same command again to resume where it stopped", file=sys.stderr)

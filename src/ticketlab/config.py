@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,12 @@ from ticketlab.steps import Step
 def _f(default: Any, help: str, *, hash: bool = True, choices: tuple | None = None) -> Any:
     meta = {"help": help, "hash": hash, "choices": choices}
     return field(default=default, metadata=meta)
+
+
+def _check_finite(**values: float) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise TicketlabError(f"{name} must be a finite number, got {value}")
 
 
 def _check_fraction(name: str, value: float | None) -> None:
@@ -56,6 +63,10 @@ class ModelConfig:
         choices=("glorot_normal", "kaiming_normal", "kaiming_uniform", "default"),
     )
 
+    def __post_init__(self) -> None:
+        if any(w < 1 for w in self.widths):
+            raise TicketlabError(f"widths must be positive layer sizes, got {','.join(map(str, self.widths))}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -77,6 +88,7 @@ class TrainConfig:
             Step.parse(getattr(self, name))
         for m in self.milestones:
             Step.parse(m)
+        _check_finite(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, gamma=self.gamma)
         if self.lr <= 0:
             raise TicketlabError(f"lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
@@ -129,6 +141,8 @@ class ImpConfig:
 
     def __post_init__(self) -> None:
         Step.parse(self.rewind)
+        if len(set(self.baselines)) != len(self.baselines):
+            raise TicketlabError(f"baselines names one twice: {','.join(self.baselines)}")
         _check_fraction("target_density", self.target_density)
         if self.target_density is not None and not self.one_shot:
             raise TicketlabError("target_density needs --one-shot")

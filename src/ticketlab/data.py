@@ -116,13 +116,7 @@ def prepare(
     name: str, train: Split, test: Split, num_classes: int, *, val_size: int = 0, device: str | torch.device = "cpu"
 ) -> Dataset:
     """Split off validation data (a fixed seeded draw), standardise with training statistics, move to device."""
-    val = None
-    if val_size:
-        if val_size >= len(train):
-            raise TicketlabError(f"val_size {val_size} leaves no training data (training set has {len(train)})")
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        vi, ti = perm[:val_size].sort().values, perm[val_size:].sort().values
-        val, train = Split(train.x[vi], train.y[vi]), Split(train.x[ti], train.y[ti])
+    train, val = split_validation(train, val_size)
     # One mean/std over all features: the usual MNIST-style normalisation, and shape agnostic.
     mean, std = train.x.mean(), train.x.std().clamp_min(1e-8)
 
@@ -130,6 +124,17 @@ def prepare(
         return Split(((s.x - mean) / std).float().contiguous(), s.y.long())
 
     return Dataset(name, norm(train), norm(test), norm(val) if val is not None else None, num_classes).to(device)
+
+
+def split_validation(train: Split, val_size: int) -> tuple[Split, Split | None]:
+    """Hold ``val_size`` training examples out for validation: the same fixed seeded draw every time."""
+    if not val_size:
+        return train, None
+    if val_size >= len(train):
+        raise TicketlabError(f"val_size {val_size} leaves no training data (training set has {len(train)})")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    vi, ti = perm[:val_size].sort().values, perm[val_size:].sort().values
+    return Split(train.x[ti], train.y[ti]), Split(train.x[vi], train.y[vi])
 
 
 @register_dataset("mnist1d", "MNIST-1D (Greydanus & Kobak), generated locally: 4000 train / 1000 test, 40 features")

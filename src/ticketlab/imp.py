@@ -108,12 +108,13 @@ def run_imp(
 ) -> list[dict[str, Any]]:
     """Run (or resume) the experiment in ``run_dir`` and return the rows of ``results.csv``."""
     run_dir = Path(run_dir)
+    plan = _plan(config, problem)  # every check a user can fail, before anything is written
     with RunLock(run_dir):
         _check_identity(run_dir, config, problem)
         write_json(run_dir / "config.json", {"config": config.to_dict(), "hash": config.run_hash(), **problem.identity})
         bars = _Progress(progress)
         for replicate in range(config.imp.replicates):
-            _run_replicate(config, problem, run_dir, replicate, bars)
+            _run_replicate(config, problem, plan, run_dir, replicate, bars)
         rows = collect_results(run_dir, config)
         write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
     return rows
@@ -136,22 +137,38 @@ def level_count(config: ExperimentConfig) -> int:
     return 1 if config.imp.target_density is not None else config.imp.levels
 
 
-def _run_replicate(config: ExperimentConfig, problem: Problem, run_dir: Path, r: int, bars: _Progress) -> None:
-    cfg, data = config, problem.data
-    seed = cfg.imp.seed
-    data_seed = derive_seed(seed, r, "data")
-    model = problem.init_model(r)
+@dataclass(frozen=True)
+class _Plan:
+    names: list[str]  # prunable parameters
+    pool: list[str]  # pruned at --fraction (per layer, or under one global threshold)
+    own: dict[str, float]  # layers at their own rate (the output layer)
+    k: int  # rewind iteration
+    total: int  # training iterations per level
+
+
+def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
+    model = problem.init_model(0)
     names = M.prunable_names(model, prune_biases=cfg.prune.prune_biases, ignore=cfg.prune.ignore)
     if not names:
         raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
     pool, own = plan_fractions(names, M.output_layer_name(model), cfg.prune.fraction, cfg.prune.output_fraction)
-    per_epoch = iterations_per_epoch(len(data.train), cfg.train.batch_size)
+    per_epoch = iterations_per_epoch(len(problem.data.train), cfg.train.batch_size)
     k = Step.parse(cfg.imp.rewind).iterations(per_epoch)
     total = Step.parse(cfg.train.steps).iterations(per_epoch)
+    if total < 1:
+        raise TicketlabError(f"--steps {cfg.train.steps} trains for no iterations; give a positive length")
     if k >= total:
         raise TicketlabError(
             f"rewind point {cfg.imp.rewind} ({k} it) must come before the end of training ({total} it)"
         )
+    return _Plan(names, pool, own, k, total)
+
+
+def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir: Path, r: int, bars) -> None:
+    data, seed = problem.data, cfg.imp.seed
+    data_seed = derive_seed(seed, r, "data")
+    model = problem.init_model(r)
+    names, pool, own, k = plan.names, plan.pool, plan.own, plan.k
 
     # Level 0: the dense network, saving theta_0 and theta_k.
     dense = JobDir(run_dir, r, 0, "ticket")
@@ -351,8 +368,14 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise TicketlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TicketlabError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TicketlabError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TicketlabError(f"device {name!r}: there are only {torch.cuda.device_count()} GPU(s)")
+        # Same seed, same result -- and resuming a killed run -- need deterministic kernels on the GPU too.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     return device
 
 
@@ -385,8 +408,5 @@ def imp(
         config.data.dataset, data_dir=config.data.data_dir or None, val_size=config.data.val_size, device=dev
     )
     problem = registry_problem(config, data)
-    model = problem.init_model(0)  # validates the model name, its arguments and --ignore before anything is written
-    M.prunable_names(model, prune_biases=config.prune.prune_biases, ignore=config.prune.ignore)
-    iterations_per_epoch(len(data.train), config.train.batch_size)
     run_dir = Path(out) / f"{config.model.model}-{config.data.dataset}-{config.run_hash()}"
     return run_dir, run_imp(config, problem, run_dir, progress=progress)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ticketlab.store import atomic_write_bytes, read_csv
+from ticketlab.store import atomic_write_bytes, read_json
 
 BRANCH_ORDER = ("ticket", "reinit", "random_prune")
 LABELS = {"ticket": "ticket (rewound)", "reinit": "random re-init", "random_prune": "random pruning"}
@@ -107,6 +107,15 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_test_acc",
 
 
 def report(run_dir: Path, metric: str = "final_test_acc") -> tuple[str, Path]:
-    """Table and plot for a finished (or partly finished) run directory."""
-    rows = read_csv(Path(run_dir) / "results.csv")
-    return table(rows, metric), plot(rows, Path(run_dir) / "plot.png", metric, title=Path(run_dir).name)
+    """Table and plot for a run directory, finished or not: rows come from the jobs that completed."""
+    from ticketlab.config import from_dict
+    from ticketlab.errors import TicketlabError
+    from ticketlab.imp import collect_results
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise TicketlabError(f"{run_dir} has no config.json: is it a ticketlab run directory?")
+    rows = collect_results(run_dir, from_dict(read_json(run_dir / "config.json")["config"]))
+    if not rows:
+        raise TicketlabError(f"{run_dir}: no job has finished yet")
+    return table(rows, metric), plot(rows, run_dir / "plot.png", metric, title=run_dir.name)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset, Split, batches, iterations_per_epoch
+from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 from ticketlab.steps import Step
 
@@ -180,6 +181,11 @@ def train(
         if seen:
             row["train_loss"] = running.item() / seen
             running, seen = torch.zeros_like(running), 0
+            if not math.isfinite(row["train_loss"]):
+                # Masking multiplies by zero, which cannot clear NaN: stop here with the cause, not later.
+                raise TicketlabError(
+                    f"training diverged (loss {row['train_loss']}) before step {step}; lower --lr or add --warmup"
+                )
         if data.val is not None:
             row["val_loss"], row["val_acc"] = evaluate(model, data.val)
         row["test_loss"], row["test_acc"] = evaluate(model, data.test)
