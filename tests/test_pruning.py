@@ -94,3 +94,10 @@ def test_nan_and_infinite_scores_still_give_the_exact_count():
     mask = {"a": t(True, True, True, True, False, True)}
     new = prune(scores, mask, fraction=0.4, strategy="layerwise", pool=["a"])
     assert int(new["a"].sum()) == 3 and new["a"].tolist() == [False, False, True, True, False, True]
+
+
+def test_output_bias_goes_at_the_output_rate_when_biases_are_pruned():
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    names = M.prunable_names(model, prune_biases=True)
+    pool, own = plan_fractions(names, M.output_layer_name(model), 0.2, 0.1)
+    assert own == {"2.weight": 0.1, "2.bias": 0.1} and pool == ["0.weight", "0.bias"]

@@ -23,10 +23,14 @@ def magnitude(params: dict[str, torch.Tensor], names: list[str]) -> dict[str, to
 def plan_fractions(
     names: list[str], output_name: str | None, fraction: float, output_fraction: float | None
 ) -> tuple[list[str], dict[str, float]]:
-    """Split layers into the pool pruned at ``fraction`` and layers with their own rate (the output layer)."""
+    """Split layers into the pool pruned at ``fraction`` and layers with their own rate (the output layer).
+
+    The output layer's bias, when biases are pruned, goes at the output layer's rate too.
+    """
     own = {}
-    if output_fraction is not None and output_name in names:
-        own[output_name] = output_fraction
+    if output_fraction is not None and output_name is not None:
+        bias = output_name.removesuffix("weight") + "bias"
+        own = {n: output_fraction for n in (output_name, bias) if n in names}
     pool = [n for n in names if n not in own]
     return pool, own
 

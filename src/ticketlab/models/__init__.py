@@ -49,12 +49,14 @@ def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
 
     ``glorot_normal`` is the LTH paper's Gaussian Glorot init; biases start at zero for the named
     schemes. ``default`` calls each module's own ``reset_parameters`` under the seed, which is what
-    is used for arbitrary user modules.
+    is used for arbitrary user modules (parameters of modules without ``reset_parameters`` keep their values).
     """
     if scheme not in INIT_SCHEMES:
         raise TicketlabError(f"unknown init {scheme!r}; known: {', '.join(INIT_SCHEMES)}")
     if scheme == "default":
-        with torch.random.fork_rng(devices=[]):
+        # fork every RNG manual_seed touches (CUDA too), so the caller's random state is left as it was
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             for m in model.modules():
                 if hasattr(m, "reset_parameters"):
