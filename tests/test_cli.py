@@ -120,7 +120,7 @@ def test_kill_minus_nine_then_resume_gives_the_uninterrupted_results(tmp_path):
         (["--config", "/nonexistent/c.yaml"], "cannot read config file"),
         (["--widths", "a,b"], "cannot read"),
         (["--ignore", "fc.9.weight"], "--ignore names no parameter"),
-        (["--dataset", "fashion-mnist", "--data-dir", "EMPTY"], "apt-get install dataset-fashion-mnist"),
+        (["--dataset", "fashion-mnist", "--data-dir", "EMPTY"], "must hold the four IDX files"),
         (["--device", "cuda:7"], "cuda"),
         (["--rewind", "40it"], "must come before the end of training"),
         (["--steps", "0it"], "trains for no iterations"),

@@ -81,3 +81,24 @@ def test_every_preset_is_a_valid_config():
         C.from_dict(C.preset(name))
     with pytest.raises(TicketlabError, match="unknown preset"):
         C.preset("lth-nope")
+
+
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("prune", {"conv_fraction": 0.0}, "conv_fraction must be in"),
+        ("model", {"width": 0}, "width must be > 0"),
+        ("model", {"dropout": 1.0}, "dropout must be in"),
+        ("model", {"norm": "instance"}, "not one of"),
+        ("train", {"precision": "fp16"}, "not one of"),
+    ],
+)
+def test_model_and_pruning_fields_are_validated(section, values, message):
+    with pytest.raises(TicketlabError, match=message):
+        C.from_dict({section: values})
+
+
+def test_model_kwargs_pass_only_what_is_set():
+    assert C.ModelConfig().kwargs() == {}
+    given = {"width": 0.5, "norm": "group", "dropout": 0.1}
+    assert C.ModelConfig(**given).kwargs() == given

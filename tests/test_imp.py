@@ -176,3 +176,14 @@ def test_rewinding_to_k_resumes_the_schedule_and_data_order(data, tmp_path):
     train(model, data, cfg.train, mask=mask, data_seed=derive_seed(cfg.imp.seed, 0, "data"), start=20)
     final = load_tensors(level0.file("final.safetensors"))
     assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
+
+
+def test_taking_the_lock_sweeps_temporaries_a_killed_writer_left(tmp_path):
+    stale = tmp_path / "replicate_0" / "level_1" / ".mask.safetensors.abc123.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a file")
+    kept = tmp_path / "replicate_0" / "level_1" / "mask.safetensors"
+    kept.write_bytes(b"x")
+    with RunLock(tmp_path):
+        pass
+    assert not stale.exists() and kept.exists()

@@ -1,29 +1,144 @@
+import inspect
+
 import pytest
 import torch
+from conftest import tiny_config
+from torch import nn
 
+from ticketlab import masks as M
+from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
-from ticketlab.masks import output_layer_name, prunable_names
-from ticketlab.models import INIT_SCHEMES, create_model, initialize, model_names
+from ticketlab.imp import registry_problem, run_imp
+from ticketlab.models import INIT_SCHEMES, NORMS, create_model, initialize, model_names
+from ticketlab.pruning import magnitude, plan_groups, prune
+from ticketlab.store import JobDir, load_tensors
 
-SHAPES = {"mnist1d": (40,), "image": (1, 28, 28)}
+SHAPES = {"mnist1d": (40,), "gray28": (1, 28, 28), "rgb32": (3, 32, 32)}
+
+
+def takes(name: str, arg: str) -> bool:
+    from ticketlab.models import _REGISTRY
+
+    return arg in inspect.signature(_REGISTRY[name]).parameters
+
+
+def small(name: str) -> dict:
+    """Tiny widths where the model has a width multiplier, so every model trains in a test."""
+    return {"width": 0.125} if takes(name, "width") else {}
+
+
+def is_image_model(name: str) -> bool:
+    return takes(name, "width")
 
 
 @pytest.mark.parametrize("name", sorted(model_names()))
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_every_model_forward_prunable_set_and_seeded_init(name, shape):
     input_shape = SHAPES[shape]
-    model = create_model(name, input_shape, 7)
+    if is_image_model(name) and len(input_shape) == 1:
+        with pytest.raises(TicketlabError, match="needs images"):
+            create_model(name, input_shape, 7, **small(name))
+        return
+    model = create_model(name, input_shape, 7, **small(name))
     assert model(torch.randn(5, *input_shape)).shape == (5, 7)
-    names = prunable_names(model)
+    names = M.prunable_names(model)
     params = dict(model.named_parameters())
-    assert names and all(n.endswith("weight") and params[n].dim() >= 2 for n in names)
-    assert output_layer_name(model) == names[-1] and params[names[-1]].shape[0] == 7
+    # conv and linear weights only: never biases, never normalisation layers
+    layers = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    assert set(names) == layers and all(params[n].dim() >= 2 for n in names)
+    assert M.output_layer_name(model) == names[-1] and params[names[-1]].shape[0] == 7
     for scheme in INIT_SCHEMES:
-        a = initialize(create_model(name, input_shape, 7), scheme, seed=3).state_dict()
-        b = initialize(create_model(name, input_shape, 7), scheme, seed=3).state_dict()
-        c = initialize(create_model(name, input_shape, 7), scheme, seed=4).state_dict()
+        a = initialize(create_model(name, input_shape, 7, **small(name)), scheme, seed=3).state_dict()
+        b = initialize(create_model(name, input_shape, 7, **small(name)), scheme, seed=3).state_dict()
+        c = initialize(create_model(name, input_shape, 7, **small(name)), scheme, seed=4).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", sorted(model_names()))
+@pytest.mark.parametrize("strategy", ["layerwise", "global"])
+def test_every_model_prunes_to_the_exact_count(name, strategy):
+    shape = SHAPES["mnist1d"] if not is_image_model(name) else SHAPES["rgb32"]
+    model = initialize(create_model(name, shape, 10, **small(name)), "kaiming_normal", 0)
+    names = M.prunable_names(model)
+    groups = plan_groups(
+        names,
+        kinds=M.layer_kinds(model),
+        output_name=M.output_layer_name(model),
+        strategy=strategy,
+        fraction=0.2,
+        conv_fraction=0.15,
+        output_fraction=0.1,
+    )
+    mask = M.full_mask(model, names)
+    for _ in range(3):
+        new = prune(magnitude(dict(model.named_parameters()), names), mask, groups)
+        for members, fraction in groups:
+            before = sum(int(mask[n].sum()) for n in members)
+            assert sum(int(new[n].sum()) for n in members) == before - round(fraction * before)
+        assert M.is_subset(new, mask)
+        mask = new
+        M.apply_mask(model, mask)
+
+
+@pytest.mark.parametrize("name", sorted(model_names()))
+def test_every_model_runs_an_imp_level_on_synthetic_images(name, tmp_path):
+    cfg = tiny_config(
+        data={"dataset": "synthetic-images"},
+        model={"model": name, "widths": (), "init": "kaiming_normal", **small(name)},
+        train={"steps": "6it", "eval_every": "3it", "batch_size": 50},
+        prune={"conv_fraction": 0.3},
+        imp={"levels": 1, "rewind": "2it"},
+    )
+    data = load_dataset("synthetic-images")
+    rows = run_imp(cfg, registry_problem(cfg, data), tmp_path)
+    assert {(r["level"], r["branch"]) for r in rows} == {
+        (0, "ticket"),
+        (1, "ticket"),
+        (1, "reinit"),
+        (1, "random_prune"),
+    }
+    assert all(0.0 <= r["final_test_acc"] <= 1.0 for r in rows)
+    # rewinding restores every buffer too (BatchNorm running statistics), not only the weights
+    level0 = JobDir(tmp_path, 0, 0, "ticket").path.parent
+    rewind, ticket_init = (
+        load_tensors(level0 / "rewind.safetensors"),
+        load_tensors(JobDir(tmp_path, 0, 1, "ticket").file("init.safetensors")),
+    )
+    mask = M.load_mask(JobDir(tmp_path, 0, 1, "ticket").path.parent / "mask.safetensors")
+    for key, value in rewind.items():
+        expected = value * mask[key] if key in mask else value
+        assert torch.equal(ticket_init[key], expected), key
+
+
+def _weights(model: nn.Module) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1)
+
+
+def test_paper_weight_counts():
+    assert _weights(create_model("lenet_300_100", (1, 28, 28), 10)) == 266_200
+    assert round(_weights(create_model("conv_2", (3, 32, 32), 10)) / 1e6, 1) == 4.3
+    assert round(_weights(create_model("conv_4", (3, 32, 32), 10)) / 1e6, 1) == 2.4
+    # The LTH paper's table says 1.7M for Conv-6; the architecture it describes has 2.26M (1.14M conv + 1.12M fc)
+    assert round(_weights(create_model("conv_6", (3, 32, 32), 10)) / 1e6, 2) == 2.26
+    assert round(_weights(create_model("vgg19", (3, 32, 32), 10)) / 1e6, 1) == 20.0
+    assert round(_weights(create_model("resnet20", (3, 32, 32), 10)) / 1e6, 2) == 0.27
+    assert round(_weights(create_model("resnet56", (3, 32, 32), 10)) / 1e6, 2) == 0.85
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("name", ["resnet20", "vgg11", "conv_4", "lenet5"])
+def test_normalisation_choices(name, norm):
+    model = create_model(name, (3, 32, 32), 10, width=0.25, norm=norm)
+    kinds = {type(m) for m in model.modules()}
+    expected = {"batch": nn.BatchNorm2d, "group": nn.GroupNorm, "layer": nn.GroupNorm, "none": None}[norm]
+    if expected is None:
+        assert not kinds & {nn.BatchNorm2d, nn.GroupNorm}
+    else:
+        assert expected in kinds
+    if norm == "layer":
+        assert all(m.num_groups == 1 for m in model.modules() if isinstance(m, nn.GroupNorm))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_glorot_normal_has_the_glorot_variance():
@@ -33,17 +148,17 @@ def test_glorot_normal_has_the_glorot_variance():
     assert float(model.fc[0].bias.detach().abs().max()) == 0.0
 
 
-def test_widths_and_errors():
+def test_widths_dropout_and_errors():
     assert [layer.out_features for layer in create_model("mlp", (40,), 10, widths=(64, 32, 16)).fc] == [64, 32, 16, 10]
-    assert (
-        sum(
-            p.numel()
-            for n, p in create_model("lenet_300_100", (1, 28, 28), 10).named_parameters()
-            if n.endswith("weight")
-        )
-        == 266_200
-    )
+    assert create_model("conv_2", (3, 32, 32), 10, width=0.5).features[0].out_channels == 32
+    dropped = create_model("conv_2", (1, 28, 28), 10, dropout=0.5).train()
+    x = torch.randn(4, 1, 28, 28)
+    assert not torch.equal(dropped(x), dropped(x))  # dropout active in training
+    dropped.eval()
+    assert torch.equal(dropped(x), dropped(x))
     with pytest.raises(TicketlabError, match="unknown model"):
         create_model("vgg99", (40,), 10)
     with pytest.raises(TicketlabError, match="takes no argument"):
         create_model("mnist1d_cnn", (40,), 10, widths=(3,))
+    with pytest.raises(TicketlabError, match="width multiplier must be > 0"):
+        create_model("resnet20", (3, 32, 32), 10, width=0)

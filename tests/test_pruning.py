@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from ticketlab import masks as M
-from ticketlab.pruning import compound, plan_fractions, prune, random_mask
+from ticketlab.pruning import compound, matching_fraction, plan_groups, prune, random_mask
 
 
 def t(*v):
@@ -12,7 +12,7 @@ def t(*v):
 def test_layerwise_removes_the_smallest_remaining_weights():
     scores = {"a": t(0.1, -0.4, 0.3, 0.2).abs(), "b": t(5.0, 1.0, 3.0, 2.0)}
     mask = {"a": t(True, True, True, True), "b": t(True, False, True, True)}
-    new = prune(scores, mask, fraction=0.5, strategy="layerwise", pool=["a", "b"])
+    new = prune(scores, mask, [(("a",), 0.5), (("b",), 0.5)])
     assert new["a"].tolist() == [False, True, True, False]
     # b: 3 alive, round(0.5 * 3) = 2 removed; the pruned 1.0 stays pruned though it is not the smallest
     assert new["b"].tolist() == [True, False, False, False]
@@ -21,14 +21,14 @@ def test_layerwise_removes_the_smallest_remaining_weights():
 def test_global_uses_one_threshold_across_layers():
     scores = {"a": t(0.1, 0.2, 0.3, 0.4), "b": t(5.0, 6.0, 7.0, 8.0)}
     mask = {n: torch.ones(4, dtype=torch.bool) for n in scores}
-    new = prune(scores, mask, fraction=0.5, strategy="global", pool=["a", "b"])
+    new = prune(scores, mask, [(("a", "b"), 0.5)])
     assert new["a"].tolist() == [False] * 4 and new["b"].tolist() == [True] * 4
 
 
 def test_output_layer_at_its_own_rate_and_ignored_layers_untouched():
     scores = {"h": torch.arange(10.0), "out": torch.arange(10.0), "keep": torch.arange(4.0)}
     mask = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
-    new = prune(scores, mask, fraction=0.2, strategy="global", pool=["h"], own={"out": 0.1})
+    new = prune(scores, mask, [(("h",), 0.2), (("out",), 0.1)])
     assert int(new["h"].sum()) == 8 and int(new["out"].sum()) == 9 and int(new["keep"].sum()) == 4
     assert not new["out"][0] and not new["h"][:2].any()
 
@@ -36,7 +36,7 @@ def test_output_layer_at_its_own_rate_and_ignored_layers_untouched():
 def test_masks_only_shrink_even_when_pruned_weights_score_highest():
     scores = {"a": t(100.0, 1.0, 2.0, 3.0)}
     mask = {"a": t(False, True, True, True)}
-    new = prune(scores, mask, fraction=0.34, strategy="layerwise", pool=["a"])
+    new = prune(scores, mask, [(("a",), 0.34)])
     assert M.is_subset(new, mask) and new["a"].tolist() == [False, False, True, True]
 
 
@@ -45,12 +45,12 @@ def test_exact_counts_over_many_levels_on_a_real_model():
     model = nn.Sequential(nn.Linear(37, 29), nn.ReLU(), nn.Linear(29, 7))
     names = M.prunable_names(model)
     assert names == ["0.weight", "2.weight"]  # biases never, unless asked
-    pool, own = plan_fractions(names, M.output_layer_name(model), 0.2, 0.1)
+    groups = _groups(model, names, "layerwise", 0.2, output_fraction=0.1)
     mask = M.full_mask(model, names)
     expected = {n: mask[n].numel() for n in names}
     for _ in range(12):
         scores = {n: torch.randn(mask[n].shape) for n in names}
-        new = prune(scores, mask, fraction=0.2, strategy="layerwise", pool=pool, own=own)
+        new = prune(scores, mask, groups)
         for n, f in [("0.weight", 0.2), ("2.weight", 0.1)]:
             expected[n] -= round(f * expected[n])
             assert int(new[n].sum()) == expected[n]
@@ -92,12 +92,39 @@ def test_mask_save_load_roundtrip_and_apply(tmp_path):
 def test_nan_and_infinite_scores_still_give_the_exact_count():
     scores = {"a": t(float("nan"), float("-inf"), 1.0, 2.0, 0.5, 3.0)}
     mask = {"a": t(True, True, True, True, False, True)}
-    new = prune(scores, mask, fraction=0.4, strategy="layerwise", pool=["a"])
+    new = prune(scores, mask, [(("a",), 0.4)])
     assert int(new["a"].sum()) == 3 and new["a"].tolist() == [False, False, True, True, False, True]
 
 
 def test_output_bias_goes_at_the_output_rate_when_biases_are_pruned():
     model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
     names = M.prunable_names(model, prune_biases=True)
-    pool, own = plan_fractions(names, M.output_layer_name(model), 0.2, 0.1)
-    assert own == {"2.weight": 0.1, "2.bias": 0.1} and pool == ["0.weight", "0.bias"]
+    groups = _groups(model, names, "global", 0.2, output_fraction=0.1)
+    assert groups == [(("0.weight", "0.bias"), 0.2), (("2.weight",), 0.1), (("2.bias",), 0.1)]
+
+
+def _groups(model, names, strategy, fraction, **rates):
+    kinds, out = M.layer_kinds(model), M.output_layer_name(model)
+    return plan_groups(names, kinds=kinds, output_name=out, strategy=strategy, fraction=fraction, **rates)
+
+
+def test_conv_fc_and_output_layers_at_their_own_rates():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 8), nn.Linear(8, 3))
+    names = M.prunable_names(model)
+    layerwise = _groups(model, names, "layerwise", 0.2, conv_fraction=0.15, output_fraction=0.1)
+    assert layerwise == [(("0.weight",), 0.15), (("1.weight",), 0.15), (("3.weight",), 0.2), (("4.weight",), 0.1)]
+    mask = M.full_mask(model, names)
+    new = prune({n: torch.randn(m.shape) for n, m in mask.items()}, mask, layerwise)
+    assert [int(new[n].sum()) for n in names] == [36 - 5, 144 - 22, 128 - 26, 24 - 2]
+    # global: the convs share a threshold, the fc layers theirs, the output layer stays alone
+    glob = _groups(model, names, "global", 0.2, conv_fraction=0.15, output_fraction=0.1)
+    assert glob == [(("0.weight", "1.weight"), 0.15), (("3.weight",), 0.2), (("4.weight",), 0.1)]
+    # unset rates fall back to --fraction: everything under one threshold
+    assert _groups(model, names, "global", 0.2) == [(tuple(names), 0.2)]
+
+
+def test_one_shot_fractions_match_iterative_pruning_at_the_target():
+    assert matching_fraction(0.2, 0.2, 0.1) == 0.9  # exactly
+    levels = 5
+    target = 0.8**levels
+    assert abs(matching_fraction(0.2, 0.1, target) - compound(0.1, levels)) < 1e-12

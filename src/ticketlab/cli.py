@@ -97,6 +97,13 @@ def _imp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing(items: dict[str, str]) -> None:
+    """One line per name, descriptions aligned."""
+    width = max(map(len, items)) + 2
+    for name, desc in items.items():
+        print(f"{name:<{width}}{desc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -104,20 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "imp":
             return _imp(args)
         if args.command == "presets":
-            for name, (desc, _) in C.PRESETS.items():
-                print(f"{name:<18} {desc}")
+            _listing({name: desc for name, (desc, _) in C.PRESETS.items()})
             return 0
         if args.command == "models":
             from ticketlab.models import model_names
 
-            for name, desc in model_names().items():
-                print(f"{name:<16} {desc}")
+            _listing(model_names())
             return 0
         if args.command == "datasets":
             from ticketlab.data import dataset_names
 
-            for name, desc in dataset_names().items():
-                print(f"{name:<16} {desc}")
+            _listing(dataset_names())
             return 0
         if args.command == "report":
             from ticketlab.report import report

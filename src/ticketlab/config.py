@@ -47,6 +47,7 @@ class DataConfig:
         hash=False,
     )
     val_size: int = _f(0, "examples held out of the training set for validation / early stopping (paper: 5000)")
+    augment: bool = _f(False, "random crop (4-pixel padding) and horizontal flip of training images, on the device")
 
     def __post_init__(self) -> None:
         if self.val_size < 0:
@@ -57,6 +58,13 @@ class DataConfig:
 class ModelConfig:
     model: str = _f("mlp", "model name (see `ticketlab models`)")
     widths: tuple[int, ...] = _f((), "hidden widths for MLP models, e.g. 300,100; empty: the model's own")
+    width: float = _f(1.0, "width multiplier for conv models: every layer's channels (and FC sizes) times this")
+    norm: str = _f(
+        "",
+        "normalisation after each conv; empty: the model's own (BatchNorm for VGG/ResNet, none for Conv-N/LeNet-5)",
+        choices=("", "batch", "group", "layer", "none"),
+    )
+    dropout: float = _f(0.0, "dropout on the hidden fully connected layers (Conv-2/4/6)")
     init: str = _f(
         "glorot_normal",
         "weight initialisation",
@@ -66,6 +74,24 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if any(w < 1 for w in self.widths):
             raise TicketlabError(f"widths must be positive layer sizes, got {','.join(map(str, self.widths))}")
+        _check_finite(width=self.width, dropout=self.dropout)
+        if self.width <= 0:
+            raise TicketlabError(f"width must be > 0, got {self.width}")
+        if not 0 <= self.dropout < 1:
+            raise TicketlabError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The model-factory arguments this config sets (the ones left at their defaults are not passed)."""
+        out: dict[str, Any] = {}
+        if self.widths:
+            out["widths"] = self.widths
+        if self.width != 1.0:
+            out["width"] = self.width
+        if self.norm:
+            out["norm"] = self.norm
+        if self.dropout:
+            out["dropout"] = self.dropout
+        return out
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,10 @@ class TrainConfig:
     gamma: float = _f(0.1, "step schedule: LR factor at each milestone")
     warmup: str = _f("0it", "linear LR warmup length from 0, e.g. 10000it")
     eval_every: str = _f("100it", "evaluate on validation and test every this often")
+    precision: str = _f(
+        "fp32", "bf16: autocast matmuls and convs to bfloat16 (fast on recent GPUs)", choices=("fp32", "bf16")
+    )
+    channels_last: bool = _f(False, "keep image batches and conv weights in channels-last layout (faster on GPUs)")
 
     def __post_init__(self) -> None:
         for name in ("steps", "warmup", "eval_every", *()):
@@ -111,6 +141,9 @@ class PruneConfig:
         choices=("layerwise", "global"),
     )
     fraction: float = _f(0.25, "fraction of the remaining prunable weights removed per level")
+    conv_fraction: float | None = _f(
+        None, "conv layers' own fraction per level (paper's Conv-2/4/6: 0.1 or 0.15); unset: same as --fraction"
+    )
     output_fraction: float | None = _f(
         None, "the output layer's own fraction per level (paper: 0.1); unset: same as --fraction"
     )
@@ -119,6 +152,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         _check_fraction("fraction", self.fraction)
+        _check_fraction("conv_fraction", self.conv_fraction)
         _check_fraction("output_fraction", self.output_fraction)
 
 
@@ -308,9 +342,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "lth-lenet300": (
-        "LTH paper LeNet-300-100 on Fashion-MNIST: Adam 1.2e-3, batch 60, 50K it, layerwise 20/20/10, 5K val",
+        "LTH paper LeNet-300-100 on MNIST: Adam 1.2e-3, batch 60, 50K it, layerwise 20/20/10, 5K val",
         {
-            "data": {"dataset": "fashion-mnist", "val_size": 5000},
+            "data": {"dataset": "mnist", "val_size": 5000},
             "model": {"model": "lenet_300_100", "init": "glorot_normal"},
             "train": {"optimizer": "adam", "lr": 1.2e-3, "batch_size": 60, "steps": "50000it", "eval_every": "100it"},
             "prune": {"strategy": "layerwise", "fraction": 0.2, "output_fraction": 0.1},
@@ -318,9 +352,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "openlth-lenet300": (
-        "open_lth's LeNet-300-100: SGD 0.1, batch 128, 40 epochs, global 20%, output layer not pruned",
+        "open_lth's LeNet-300-100 on MNIST: SGD 0.1, batch 128, 40 epochs, global 20%, output layer not pruned",
         {
-            "data": {"dataset": "fashion-mnist"},
+            "data": {"dataset": "mnist"},
             "model": {"model": "lenet_300_100", "init": "kaiming_normal"},
             "train": {"optimizer": "sgd", "lr": 0.1, "batch_size": 128, "steps": "40ep"},
             "prune": {"strategy": "global", "fraction": 0.2, "ignore": ("fc.2.weight",)},
@@ -328,6 +362,83 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
+
+
+def _lth_conv(depth: int, steps: str, lr: float, conv_fraction: float) -> tuple[str, dict[str, Any]]:
+    """The LTH paper's Conv-2/4/6 on CIFAR-10 (its Figure 2 table)."""
+    lr_text, kilo_steps = f"{lr:.0e}".replace("e-0", "e-"), Step.parse(steps).value // 1000
+    return (
+        f"LTH paper Conv-{depth} on CIFAR-10: Adam {lr_text}, batch 60, {kilo_steps}K it, "
+        f"layerwise conv {conv_fraction:.0%} / fc 20% / output 10%, 5K val",
+        {
+            "data": {"dataset": "cifar10", "val_size": 5000},
+            "model": {"model": f"conv_{depth}", "init": "glorot_normal"},
+            "train": {"optimizer": "adam", "lr": lr, "batch_size": 60, "steps": steps, "eval_every": "100it"},
+            "prune": {"strategy": "layerwise", "fraction": 0.2, "conv_fraction": conv_fraction, "output_fraction": 0.1},
+            "imp": {"levels": 20},
+        },
+    )
+
+
+PRESETS["lth-conv2"] = _lth_conv(2, "20000it", 2e-4, 0.1)
+PRESETS["lth-conv4"] = _lth_conv(4, "25000it", 3e-4, 0.1)
+PRESETS["lth-conv6"] = _lth_conv(6, "30000it", 3e-4, 0.15)
+
+# Deep nets: global pruning of the conv layers only (the output layer `fc` is ignored), as in the papers.
+_CIFAR_SGD = {
+    "data": {"dataset": "cifar10", "augment": True},
+    "train": {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step", "gamma": 0.1},
+    "prune": {"strategy": "global", "fraction": 0.2, "ignore": ("fc.weight",)},
+    "imp": {"levels": 20},
+}
+PRESETS["lth-vgg19"] = (
+    "LTH paper VGG-19 on CIFAR-10: SGD 0.1 mom 0.9 wd 1e-4, 10K-it warmup, batch 64, 160 ep (/10 at 80, 120), "
+    "global 20% conv only",
+    merge(
+        _CIFAR_SGD,
+        {
+            "model": {"model": "vgg19", "init": "glorot_normal"},
+            "train": {
+                "lr": 0.1,
+                "warmup": "10000it",
+                "batch_size": 64,
+                "steps": "160ep",
+                "milestones": ("80ep", "120ep"),
+            },
+        },
+    ),
+)
+PRESETS["lth-resnet18"] = (
+    'LTH paper "ResNet-18" (the CIFAR ResNet-20): SGD 0.03 mom 0.9 wd 1e-4, 20K-it warmup, batch 128, 30K it '
+    "(/10 at 20K, 25K), global 20%",
+    merge(
+        _CIFAR_SGD,
+        {
+            "model": {"model": "resnet20", "init": "glorot_normal"},
+            "train": {
+                "lr": 0.03,
+                "warmup": "20000it",
+                "batch_size": 128,
+                "steps": "30000it",
+                "milestones": ("20000it", "25000it"),
+            },
+        },
+    ),
+)
+for _net in ("resnet20", "vgg16"):
+    _openlth = merge(
+        _CIFAR_SGD,
+        {
+            "model": {"model": _net, "init": "kaiming_normal"},
+            "train": {"lr": 0.1, "batch_size": 128, "steps": "160ep", "milestones": ("80ep", "120ep")},
+        },
+    )
+    _what = "SGD 0.1 mom 0.9 wd 1e-4, batch 128, 160 ep (/10 at 80, 120), global 20% conv only"
+    PRESETS[f"openlth-{_net}"] = (f"open_lth's {_net} on CIFAR-10: {_what}, rewound to init", _openlth)
+    PRESETS[f"openlth-{_net}-rewind"] = (
+        f"as openlth-{_net}, rewound to iteration 500 (late rewinding, Frankle et al. 2020)",
+        merge(_openlth, {"imp": {"rewind": "500it"}}),
+    )
 PRESETS["mnist1d-lth-500"] = (
     "the MNIST-1D paper's LTH MLP 40-500-500-10, otherwise as mnist1d-lth, one replicate (about 2.5 min)",
     merge(PRESETS["mnist1d-lth"][1], {"model": {"model": "mnist1d_mlp"}, "imp": {"replicates": 1}}),

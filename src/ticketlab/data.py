@@ -1,39 +1,57 @@
 """Datasets held in memory as tensors on the device; batches are index gathers.
 
-A dataset is loaded once, normalised with the training set's statistics, and moved to the device.
-The training order is a seeded permutation per epoch, so the batch at any iteration can be recomputed
-(which is what lets a run resume the data order at the rewind step k).
+A dataset is loaded once, split, and moved to the device. Images stay uint8 there (a quarter of the
+memory of float32) and each batch is normalised per channel with the training set's statistics, and
+augmented if asked, on the device, for the whole batch at once. Other data is normalised once.
+The training order is a seeded permutation per epoch, and so are the augmentation draws, so the batch
+at any iteration can be recomputed (which is what lets a run resume the data order at the rewind step k).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ticketlab import sources
 from ticketlab.errors import TicketlabError
 from ticketlab.store import atomic_write_bytes, cache_dir
 
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs ``x`` (N, *input_shape) float32 and labels ``y`` (N,) int64, on one device."""
+    """Inputs ``x`` (N, *input_shape) and labels ``y`` (N,) int64, on one device.
+
+    ``x`` is float32 and ready to use, or uint8 images (N, C, H, W) with a per-channel affine map
+    ``scale``, ``shift`` (C, 1, 1) that :meth:`normalize` applies to a batch where it is used.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of raw ``x`` rows as float32 model inputs."""
+        if self.scale is None:
+            return x
+        return torch.addcmul(self.shift, x.float(), self.scale)  # x * scale + shift, one pass
+
+    def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
+        return self.normalize(self.x[index])
+
     def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Split(self.x.to(device), self.y.to(device), move(self.scale), move(self.shift))
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,7 @@ class Dataset:
     test: Split
     val: Split | None
     num_classes: int
+    augment: bool = False  # random crop (4-pixel padding) and horizontal flip of training batches
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -53,29 +72,66 @@ class Dataset:
         return replace(self, train=self.train.to(device), test=self.test.to(device), val=val)
 
 
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + stream) % (2**63))
+
+
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The seeded permutation of ``n`` training indices used in ``epoch``."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
     return torch.randperm(n, generator=g).to(device)
 
 
+PAD = 4  # the CIFAR standard: pad by 4 pixels, crop back to the original size
+
+
+def augment_draws(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per-position draws for an epoch: (n, 3) int64 rows of (row shift, column shift, flip)."""
+    g = _generator(seed, epoch, 1)
+    shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
+    flips = torch.randint(0, 2, (n, 1), generator=g)
+    return torch.cat([shifts, flips], 1).to(device)
+
+
+def crop_flip(x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Random crop with zero padding, then horizontal flip, of a whole batch (B, C, H, W), in one gather.
+
+    ``draws`` (B, 3): row offset and column offset into the padded image (0..2*PAD), flip (0/1).
+    Works on raw uint8 images, so the padding is black, as in the usual pipeline (pad, crop, normalise).
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (PAD, PAD, PAD, PAD))  # (B, C, H+2P, W+2P)
+    rows = draws[:, :1] + torch.arange(h, device=x.device)  # (B, H)
+    cols = draws[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
+    cols = torch.where(draws[:, 2:3].bool(), cols.flip(1), cols)  # a flipped crop reads its columns backwards
+    flat = padded.flatten(2)  # (B, C, (H+2P)(W+2P))
+    index = (rows[:, :, None] * padded.shape[-1] + cols[:, None, :]).flatten(1)  # (B, H*W)
+    return flat.gather(2, index[:, None, :].expand(b, c, -1)).view(b, c, h, w)
+
+
 def batches(
-    split: Split, batch_size: int, seed: int, start: int, stop: int
+    split: Split, batch_size: int, seed: int, start: int, stop: int, *, augment: bool = False
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(iteration, x, y)`` for iterations ``start <= it < stop``.
+    """Yield ``(iteration, x, y)`` for iterations ``start <= it < stop``; ``x`` is normalised float32.
 
     Each epoch is a seeded permutation; the last partial batch is dropped so every epoch has
     ``len(split) // batch_size`` iterations. Starting at any ``start`` gives the same batches an
-    uninterrupted run would have seen there.
+    uninterrupted run would have seen there, augmentation included.
     """
     per_epoch = iterations_per_epoch(len(split), batch_size)
-    epoch, order = -1, None
+    epoch, order, draws = -1, None, None
     for it in range(start, stop):
         e, pos = divmod(it, per_epoch)
         if e != epoch:
             epoch, order = e, epoch_order(len(split), seed, e, split.x.device)
-        idx = order[pos * batch_size : (pos + 1) * batch_size]
-        yield it, split.x[idx], split.y[idx]
+            if augment:
+                draws = augment_draws(len(split), seed, e, split.x.device)
+        window = slice(pos * batch_size, (pos + 1) * batch_size)
+        idx = order[window]
+        x = split.x[idx]
+        if augment:
+            x = crop_flip(x, draws[window])
+        yield it, split.normalize(x), split.y[idx]
 
 
 def iterations_per_epoch(n: int, batch_size: int) -> int:
@@ -102,28 +158,59 @@ def dataset_names() -> dict[str, str]:
 
 
 def load_dataset(
-    name: str, *, data_dir: str | Path | None = None, val_size: int = 0, device: str | torch.device = "cpu"
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    val_size: int = 0,
+    augment: bool = False,
+    device: str | torch.device = "cpu",
 ) -> Dataset:
     """Load a registered dataset, split off ``val_size`` training examples, normalise, move to ``device``."""
     if name not in _LOADERS:
         raise TicketlabError(f"unknown dataset {name!r}; known: {', '.join(_LOADERS)}")
     loader = _LOADERS[name][1]
     train, test, num_classes = loader(Path(data_dir) if data_dir else None)
-    return prepare(name, train, test, num_classes, val_size=val_size, device=device)
+    return prepare(name, train, test, num_classes, val_size=val_size, augment=augment, device=device)
 
 
 def prepare(
-    name: str, train: Split, test: Split, num_classes: int, *, val_size: int = 0, device: str | torch.device = "cpu"
+    name: str,
+    train: Split,
+    test: Split,
+    num_classes: int,
+    *,
+    val_size: int = 0,
+    augment: bool = False,
+    device: str | torch.device = "cpu",
 ) -> Dataset:
-    """Split off validation data (a fixed seeded draw), standardise with training statistics, move to device."""
+    """Split off validation data (a fixed seeded draw), standardise with training statistics, move to device.
+
+    uint8 images (N, C, H, W) stay uint8 and get per-channel statistics, applied per batch; anything else
+    is standardised once with one mean and std over all features (MNIST-1D style, shape agnostic).
+    """
+    if augment and train.x.dim() != 4:
+        raise TicketlabError(
+            f"{name}: augmentation (random crop and flip) needs images (N, C, H, W); this data is "
+            f"{tuple(train.x.shape[1:])} per example. Leave --augment off"
+        )
     train, val = split_validation(train, val_size)
-    # One mean/std over all features: the usual MNIST-style normalisation, and shape agnostic.
-    mean, std = train.x.mean(), train.x.std().clamp_min(1e-8)
+    if train.x.dtype == torch.uint8 and train.x.dim() == 4:
+        channels = train.x.transpose(0, 1).flatten(1)  # (C, N*H*W)
+        mean = torch.stack([c.float().mean() for c in channels]) / 255
+        std = torch.stack([c.float().std() for c in channels]).clamp_min(1e-3) / 255
+        scale, shift = (1 / (255 * std)).view(-1, 1, 1), (-mean / std).view(-1, 1, 1)
 
-    def norm(s: Split) -> Split:
-        return Split(((s.x - mean) / std).float().contiguous(), s.y.long())
+        def norm(s: Split) -> Split:
+            return Split(s.x.contiguous(), s.y.long(), scale, shift)
 
-    return Dataset(name, norm(train), norm(test), norm(val) if val is not None else None, num_classes).to(device)
+    else:
+        mean, std = train.x.float().mean(), train.x.float().std().clamp_min(1e-8)
+
+        def norm(s: Split) -> Split:
+            return Split(((s.x.float() - mean) / std).contiguous(), s.y.long())
+
+    val = norm(val) if val is not None else None
+    return Dataset(name, norm(train), norm(test), val, num_classes, augment).to(device)
 
 
 def split_validation(train: Split, val_size: int) -> tuple[Split, Split | None]:
@@ -167,87 +254,89 @@ def _synthetic(_: Path | None) -> tuple[Split, Split, int]:
     return draw(2000), draw(500), 10
 
 
-# ------------------------------------------------------------------------------------------ IDX files
-
-IDX_FILES = {
-    "train_x": "train-images-idx3-ubyte",
-    "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte",
-    "test_y": "t10k-labels-idx1-ubyte",
-}
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# ------------------------------------------------------------------------------------------ image data
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into an array; a truncated or malformed file is an error."""
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise TicketlabError(f"{path} is not a complete gzip file ({e}); delete it and fetch it again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise TicketlabError(f"{path} is not an IDX file (bad magic number)")
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    body = raw[4 + 4 * ndim :]
-    if len(body) != expected:
-        raise TicketlabError(f"{path} is truncated or corrupt: {len(body)} data bytes, expected {expected}")
-    return np.frombuffer(body, dtype=dtype).reshape(dims)
-
-
-def _find_idx(directory: Path, stem: str) -> Path | None:
-    for candidate in (directory / stem, directory / f"{stem}.gz"):
-        if candidate.exists():
-            return candidate
+def _user_dir(given: Path | None, name: str) -> Path | None:
+    """The directory the user named for ``name``: --data-dir, else $TICKETLAB_DATA_DIR/<name> if it exists."""
+    if given is not None:
+        if not given.exists():
+            raise TicketlabError(f"{name}: data directory {given} does not exist")
+        return given
+    env = os.environ.get("TICKETLAB_DATA_DIR")
+    if env and (Path(env) / name).exists():
+        return Path(env) / name
     return None
 
 
-def load_idx_dir(directory: Path, name: str, how_to_get: str) -> tuple[Split, Split, int]:
-    paths = {k: _find_idx(directory, stem) for k, stem in IDX_FILES.items()}
-    missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
-    if missing:
-        raise TicketlabError(f"{name}: missing {', '.join(missing)} (.gz or plain) in {directory}. {how_to_get}")
-    arrays = {k: read_idx(p) for k, p in paths.items()}
+def _idx_dataset(name: str, data_dir: Path | None, system_dir: str | None = None) -> tuple[Split, Split, int]:
+    """MNIST-format data from the user's directory, a system directory, or the checked download cache."""
+    directory = _user_dir(data_dir, name)
+    if directory is None and system_dir and sources.idx_paths(Path(system_dir)):
+        directory = Path(system_dir)
+    if directory is not None:
+        paths = sources.idx_paths(directory)
+        if paths is None:
+            files = ", ".join(sources.IDX_FILES.values())
+            raise TicketlabError(f"{name}: {directory} must hold the four IDX files {files} (plain or .gz)")
+    else:
+        paths = {k: sources.fetch(name, f"{stem}.gz") for k, stem in sources.IDX_FILES.items()}
+    arrays = sources.read_idx_dataset(paths, name)
+    return _uint8_splits(arrays, 10, name)
+
+
+def _uint8_splits(arrays: dict[str, np.ndarray], num_classes: int, name: str) -> tuple[Split, Split, int]:
     for part in ("train", "test"):
-        if len(arrays[f"{part}_x"]) != len(arrays[f"{part}_y"]):
-            raise TicketlabError(f"{name}: {part} images and labels in {directory} differ in length")
+        y = arrays[f"{part}_y"]
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise TicketlabError(f"{name}: {part} labels must lie in 0..{num_classes - 1}")
 
     def split(part: str) -> Split:
-        x = torch.from_numpy(arrays[f"{part}_x"].astype(np.float32) / 255.0).unsqueeze(1)  # (N, 1, 28, 28)
+        x = torch.from_numpy(np.ascontiguousarray(arrays[f"{part}_x"]))
         return Split(x, torch.from_numpy(arrays[f"{part}_y"].astype(np.int64)))
 
-    return split("train"), split("test"), 10
+    return split("train"), split("test"), num_classes
 
 
-def _data_dir(given: Path | None, default: str) -> Path:
-    if given is not None:
-        return given
-    env = os.environ.get("TICKETLAB_DATA_DIR")
-    return Path(env) if env else Path(default)
-
-
-@register_dataset("fashion-mnist", "Fashion-MNIST from IDX files (Debian: apt-get install dataset-fashion-mnist)")
-def _fashion_mnist(data_dir: Path | None) -> tuple[Split, Split, int]:
-    directory = _data_dir(data_dir, "/usr/share/datasets/fashion-mnist")
-    return load_idx_dir(
-        directory,
-        "fashion-mnist",
-        "Install them with `apt-get install dataset-fashion-mnist` (puts them in /usr/share/datasets/fashion-mnist) "
-        "or pass --data-dir / set TICKETLAB_DATA_DIR to a directory holding the four IDX files.",
-    )
-
-
-@register_dataset("mnist", "MNIST from IDX files in --data-dir / $TICKETLAB_DATA_DIR")
+@register_dataset("mnist", "MNIST (IDX): --data-dir, $TICKETLAB_DATA_DIR/mnist, or downloaded and checked")
 def _mnist(data_dir: Path | None) -> tuple[Split, Split, int]:
-    directory = _data_dir(data_dir, str(cache_dir() / "mnist"))
-    return load_idx_dir(
-        directory,
-        "mnist",
-        "Put the four standard MNIST IDX files there, or pass --data-dir / set TICKETLAB_DATA_DIR to where they are.",
-    )
+    return _idx_dataset("mnist", data_dir)
+
+
+@register_dataset(
+    "fashion-mnist",
+    "Fashion-MNIST (IDX): --data-dir, $TICKETLAB_DATA_DIR/fashion-mnist, Debian's dataset-fashion-mnist, or downloaded",
+)
+def _fashion_mnist(data_dir: Path | None) -> tuple[Split, Split, int]:
+    return _idx_dataset("fashion-mnist", data_dir, system_dir="/usr/share/datasets/fashion-mnist")
+
+
+@register_dataset("cifar10", "CIFAR-10 (python batches): --data-dir, $TICKETLAB_DATA_DIR/cifar10, or downloaded")
+def _cifar10(data_dir: Path | None) -> tuple[Split, Split, int]:
+    directory = _user_dir(data_dir, "cifar10")
+    if directory is not None:
+        found = sources.find_cifar(directory)
+        if found is None:
+            raise TicketlabError(
+                f"cifar10: {directory} holds neither {sources.CIFAR_DIR}/ nor {sources.CIFAR_ARCHIVE}; "
+                "point --data-dir at the directory holding one of them"
+            )
+    else:
+        found = sources.fetch("cifar10", sources.CIFAR_ARCHIVE)
+    return _uint8_splits(sources.read_cifar(found), 10, "cifar10")
+
+
+@register_dataset("synthetic-images", "tiny class-patterned 3x32x32 uint8 images for tests: 10 classes, 600 / 200")
+def _synthetic_images(_: Path | None) -> tuple[Split, Split, int]:
+    g = torch.Generator().manual_seed(4321)
+    templates = torch.rand(10, 3, 32, 32, generator=g) * 255
+
+    def draw(n: int) -> Split:
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = 0.6 * templates[y] + 0.4 * torch.rand(n, 3, 32, 32, generator=g) * 255
+        return Split(x.round().to(torch.uint8), y)
+
+    return draw(600), draw(200), 10
 
 
 def tensors_from(source, name: str = "data") -> Split:
@@ -266,7 +355,7 @@ def tensors_from(source, name: str = "data") -> Split:
         x, y = torch.cat(xs), torch.cat(ys)
     if len(x) != len(y):
         raise TicketlabError(f"{name}: x has {len(x)} examples but y has {len(y)}")
-    return Split(x.float(), y.long())
+    return Split(x if x.dtype == torch.uint8 else x.float(), y.long())
 
 
 def fingerprint(split: Split) -> str:

@@ -26,7 +26,7 @@ from ticketlab import masks as M
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import Dataset, iterations_per_epoch
 from ticketlab.errors import TicketlabError
-from ticketlab.pruning import compound, magnitude, matching_output_fraction, plan_fractions, prune, random_mask
+from ticketlab.pruning import Group, compound, magnitude, matching_fraction, plan_groups, prune, random_mask
 from ticketlab.steps import Step
 from ticketlab.store import (
     JobDir,
@@ -74,7 +74,8 @@ class Problem:
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A copy of every parameter and buffer (BatchNorm statistics too), in the standard memory layout."""
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
 
 
 class _Progress:
@@ -140,8 +141,7 @@ def level_count(config: ExperimentConfig) -> int:
 @dataclass(frozen=True)
 class _Plan:
     names: list[str]  # prunable parameters
-    pool: list[str]  # pruned at --fraction (per layer, or under one global threshold)
-    own: dict[str, float]  # layers at their own rate (the output layer)
+    groups: list[Group]  # layers pruned under one threshold, and their fraction per level
     k: int  # rewind iteration
     total: int  # training iterations per level
 
@@ -151,7 +151,16 @@ def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
     names = M.prunable_names(model, prune_biases=cfg.prune.prune_biases, ignore=cfg.prune.ignore)
     if not names:
         raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
-    pool, own = plan_fractions(names, M.output_layer_name(model), cfg.prune.fraction, cfg.prune.output_fraction)
+    p = cfg.prune
+    groups = plan_groups(
+        names,
+        kinds=M.layer_kinds(model),
+        output_name=M.output_layer_name(model),
+        strategy=p.strategy,
+        fraction=p.fraction,
+        conv_fraction=p.conv_fraction,
+        output_fraction=p.output_fraction,
+    )
     per_epoch = iterations_per_epoch(len(problem.data.train), cfg.train.batch_size)
     k = Step.parse(cfg.imp.rewind).iterations(per_epoch)
     total = Step.parse(cfg.train.steps).iterations(per_epoch)
@@ -161,14 +170,14 @@ def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
         raise TicketlabError(
             f"rewind point {cfg.imp.rewind} ({k} it) must come before the end of training ({total} it)"
         )
-    return _Plan(names, pool, own, k, total)
+    return _Plan(names, groups, k, total)
 
 
 def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir: Path, r: int, bars) -> None:
     data, seed = problem.data, cfg.imp.seed
     data_seed = derive_seed(seed, r, "data")
     model = problem.init_model(r)
-    names, pool, own, k = plan.names, plan.pool, plan.own, plan.k
+    names, k = plan.names, plan.k
 
     # Level 0: the dense network, saving theta_0 and theta_k.
     dense = JobDir(run_dir, r, 0, "ticket")
@@ -200,7 +209,7 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
         if mask_path.exists():
             new_mask = M.load_mask(mask_path, device)
         else:
-            new_mask = _next_mask(cfg, run_dir, r, level, mask, pool, own, device)
+            new_mask = _next_mask(cfg, run_dir, r, level, mask, plan.groups, device)
             M.save_mask(mask_path, new_mask)
         mask = new_mask
 
@@ -219,7 +228,8 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
             if branch == "reinit":
                 model, bmask = problem.fresh_model(derive_seed(seed, r, level, "reinit")), mask
             else:
-                pools = [[n] for n in names] if cfg.prune.strategy == "layerwise" else [pool] + [[n] for n in own]
+                # the ticket's density per group: per layer (layerwise), per shared threshold (global)
+                pools = [members for members, _ in plan.groups]
                 bmask = random_mask(mask, derive_seed(seed, r, level, "random_prune"), pools)
                 M.save_mask(job.file("mask.safetensors"), bmask)
                 model = problem.init_model(r)
@@ -228,22 +238,21 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
             _finish(job, model, bmask, _train_job(model, data, cfg, bmask, data_seed, k, bars, job))
 
 
-def _next_mask(cfg, run_dir, r, level, mask, pool, own, device) -> M.Mask:
+def _next_mask(cfg, run_dir, r, level, mask, groups: list[Group], device) -> M.Mask:
     """The mask of ``level``: prune the previous ticket (iterative) or the dense network (one-shot)."""
     p = cfg.prune
     if cfg.imp.one_shot:
         source = load_tensors(JobDir(run_dir, r, 0, "ticket").file("final.safetensors"), device)
         base = {n: torch.ones_like(m) for n, m in mask.items()}
-        if cfg.imp.target_density is not None:
-            fraction = 1.0 - cfg.imp.target_density
-            own = {n: matching_output_fraction(p.fraction, f, cfg.imp.target_density) for n, f in own.items()}
+        target = cfg.imp.target_density
+        if target is not None:
+            groups = [(g, matching_fraction(p.fraction, f, target)) for g, f in groups]
         else:
-            fraction = compound(p.fraction, level)
-            own = {n: compound(f, level) for n, f in own.items()}
+            groups = [(g, compound(f, level)) for g, f in groups]
     else:
         source = load_tensors(JobDir(run_dir, r, level - 1, "ticket").file("final.safetensors"), device)
-        base, fraction = mask, p.fraction
-    new = prune(magnitude(source, list(mask)), base, fraction=fraction, strategy=p.strategy, pool=pool, own=own)
+        base = mask
+    new = prune(magnitude(source, list(mask)), base, groups)
     if not M.is_subset(new, mask if not cfg.imp.one_shot else base):
         raise AssertionError("pruning must only remove weights")
     return new
@@ -384,7 +393,7 @@ def registry_problem(config: ExperimentConfig, data: Dataset) -> Problem:
     from ticketlab.models import create_model, initialize
 
     mc = config.model
-    kwargs = {"widths": mc.widths} if mc.widths else {}
+    kwargs = mc.kwargs()
     device = data.train.x.device
 
     def build(seed: int) -> nn.Module:
@@ -404,9 +413,8 @@ def imp(
     from ticketlab.data import load_dataset
 
     dev = resolve_device(device)
-    data = load_dataset(
-        config.data.dataset, data_dir=config.data.data_dir or None, val_size=config.data.val_size, device=dev
-    )
+    d = config.data
+    data = load_dataset(d.dataset, data_dir=d.data_dir or None, val_size=d.val_size, augment=d.augment, device=dev)
     problem = registry_problem(config, data)
     run_dir = Path(out) / f"{config.model.model}-{config.data.dataset}-{config.run_hash()}"
     return run_dir, run_imp(config, problem, run_dir, progress=progress)

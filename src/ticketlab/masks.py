@@ -41,6 +41,18 @@ def prunable_names(model: nn.Module, *, prune_biases: bool = False, ignore: Iter
     return names
 
 
+def layer_kinds(model: nn.Module) -> dict[str, str]:
+    """``"conv"`` or ``"linear"`` for every parameter of a prunable layer (by module type, not by name)."""
+    kinds = {}
+    for mod_name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_LAYERS):
+            kind = "linear" if isinstance(module, nn.Linear) else "conv"
+            prefix = f"{mod_name}." if mod_name else ""
+            for pname, _ in module.named_parameters(recurse=False):
+                kinds[prefix + pname] = kind
+    return kinds
+
+
 def output_layer_name(model: nn.Module) -> str | None:
     """The output layer's weight: the last linear/conv layer in module order."""
     last = None

@@ -20,19 +20,43 @@ def magnitude(params: dict[str, torch.Tensor], names: list[str]) -> dict[str, to
     return {n: params[n].detach().abs() for n in names}
 
 
-def plan_fractions(
-    names: list[str], output_name: str | None, fraction: float, output_fraction: float | None
-) -> tuple[list[str], dict[str, float]]:
-    """Split layers into the pool pruned at ``fraction`` and layers with their own rate (the output layer).
+Group = tuple[tuple[str, ...], float]  # layers pruned under one threshold, and the fraction removed per level
 
-    The output layer's bias, when biases are pruned, goes at the output layer's rate too.
+
+def plan_groups(
+    names: list[str],
+    *,
+    kinds: dict[str, str],
+    output_name: str | None,
+    strategy: str,
+    fraction: float,
+    conv_fraction: float | None = None,
+    output_fraction: float | None = None,
+) -> list[Group]:
+    """Which layers are pruned together, and at what rate per level.
+
+    A layer's rate: the output layer's (weight, and bias when biases are pruned) is ``output_fraction``,
+    conv layers' ``conv_fraction`` (``kinds[name] == "conv"``), every other ``fraction``; an unset rate
+    falls back to ``fraction``. Layerwise: each layer is its own group. Global: the layers sharing a
+    rate share one threshold, except the output layer at its own rate, which stays alone.
     """
-    own = {}
-    if output_fraction is not None and output_name is not None:
-        bias = output_name.removesuffix("weight") + "bias"
-        own = {n: output_fraction for n in (output_name, bias) if n in names}
-    pool = [n for n in names if n not in own]
-    return pool, own
+    if strategy not in ("layerwise", "global"):
+        raise TicketlabError(f"unknown pruning strategy {strategy!r}; use layerwise or global")
+    output = {output_name, output_name.removesuffix("weight") + "bias"} if output_name else set()
+    rates: dict[str, tuple[str, float]] = {}
+    for n in names:
+        if n in output and output_fraction is not None:
+            rates[n] = (f"output:{n}", output_fraction)  # alone even when global
+        elif kinds.get(n) == "conv" and conv_fraction is not None:
+            rates[n] = ("conv", conv_fraction)
+        else:
+            rates[n] = ("rest", fraction)
+    if strategy == "layerwise":
+        return [((n,), rates[n][1]) for n in names]
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(rates[n][0], []).append(n)
+    return [(tuple(members), rates[members[0]][1]) for members in groups.values()]
 
 
 def compound(fraction: float, levels: int) -> float:
@@ -40,10 +64,13 @@ def compound(fraction: float, levels: int) -> float:
     return 1.0 - (1.0 - fraction) ** levels
 
 
-def matching_output_fraction(fraction: float, output_fraction: float, target_density: float) -> float:
-    """The output layer's one-shot fraction reaching what iterative pruning reaches when the pool hits target."""
+def matching_fraction(fraction: float, own_fraction: float, target_density: float) -> float:
+    """One-shot fraction for a group at its own rate: what iterative pruning removes from it by the time
+    the layers at ``fraction`` reach ``target_density``."""
+    if own_fraction == fraction:
+        return 1.0 - target_density  # exact, not through logarithms
     levels = math.log(target_density) / math.log(1.0 - fraction) if fraction < 1 else 1.0
-    return compound(output_fraction, levels)
+    return compound(own_fraction, levels)
 
 
 def _kept_after(remaining: int, fraction: float) -> int:
@@ -65,38 +92,18 @@ def _top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
     return out
 
 
-def prune(
-    scores: dict[str, torch.Tensor],
-    mask: Mask,
-    *,
-    fraction: float,
-    strategy: str,
-    pool: list[str],
-    own: dict[str, float] | None = None,
-) -> Mask:
-    """Remove a fraction of the remaining weights, lowest scores first.
+def prune(scores: dict[str, torch.Tensor], mask: Mask, groups: list[Group]) -> Mask:
+    """Remove each group's fraction of its remaining weights, lowest scores first, under one threshold per group.
 
-    ``pool`` layers lose ``fraction`` each (layerwise) or together under one threshold (global);
-    layers in ``own`` lose their own fraction each. Layers in neither keep their mask.
+    Exactly ``round(fraction * remaining)`` weights go per group; layers in no group keep their mask.
     """
-    own = own or {}
     new = dict(mask)
-    for name, frac in own.items():
-        m = mask[name]
-        new[name] = _top(scores[name], m, _kept_after(int(m.sum()), frac)).view_as(m)
-    if strategy == "layerwise":
-        for name in pool:
-            m = mask[name]
-            new[name] = _top(scores[name], m, _kept_after(int(m.sum()), fraction)).view_as(m)
-    elif strategy == "global":
-        if pool:
-            flat_s = torch.cat([scores[n].flatten().float() for n in pool])
-            flat_m = torch.cat([mask[n].flatten() for n in pool])
-            kept = _top(flat_s, flat_m, _kept_after(int(flat_m.sum()), fraction))
-            for name, part in zip(pool, torch.split(kept, [mask[n].numel() for n in pool])):
-                new[name] = part.view_as(mask[name])
-    else:
-        raise TicketlabError(f"unknown pruning strategy {strategy!r}; use layerwise or global")
+    for members, fraction in groups:
+        flat_s = torch.cat([scores[n].flatten().float() for n in members])
+        flat_m = torch.cat([mask[n].flatten() for n in members])
+        kept = _top(flat_s, flat_m, _kept_after(int(flat_m.sum()), fraction))
+        for name, part in zip(members, torch.split(kept, [mask[n].numel() for n in members])):
+            new[name] = part.view_as(mask[name])
     _check_shrank(mask, new)
     return new
 
@@ -107,7 +114,7 @@ def _check_shrank(old: Mask, new: Mask) -> None:
             raise AssertionError(f"pruning revived weights in {name}: masks must only shrink")
 
 
-def random_mask(like: Mask, seed: int, pools: list[list[str]]) -> Mask:
+def random_mask(like: Mask, seed: int, pools: list[tuple[str, ...]]) -> Mask:
     """A random mask with the same number of kept weights as ``like`` in each pool of layers.
 
     One pool per layer keeps every layer's density (the layerwise baseline); one pool of several

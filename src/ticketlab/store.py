@@ -111,6 +111,9 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        # A writer killed mid-write (kill -9) leaves its temporary file; holding the lock, nobody else writes here.
+        for stale in self.path.parent.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:

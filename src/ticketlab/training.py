@@ -8,6 +8,7 @@ and the weights are masked again after the step in case an optimizer moves them 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -126,7 +127,7 @@ def evaluate(model: nn.Module, split: Split, chunk: int = 8192) -> tuple[float, 
     loss = torch.zeros((), device=split.x.device)
     correct = torch.zeros((), device=split.x.device, dtype=torch.long)
     for i in range(0, len(split), chunk):
-        out = model(split.x[i : i + chunk])
+        out = model(split.inputs(slice(i, i + chunk))).float()
         y = split.y[i : i + chunk]
         loss += F.cross_entropy(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
@@ -174,6 +175,10 @@ def train(
     optimizer = make_optimizer(list(model.parameters()), cfg)
     metrics: list[dict[str, Any]] = []
     running, seen = torch.zeros((), device=data.train.x.device), 0
+    precision = _precision(cfg, data.train.x.device)
+    memory_format = torch.channels_last if cfg.channels_last and len(data.input_shape) == 3 else None
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
 
     def record(step: int) -> dict[str, Any]:
         nonlocal running, seen
@@ -186,9 +191,10 @@ def train(
                 raise TicketlabError(
                     f"training diverged (loss {row['train_loss']}) before step {step}; lower --lr or add --warmup"
                 )
-        if data.val is not None:
-            row["val_loss"], row["val_acc"] = evaluate(model, data.val)
-        row["test_loss"], row["test_acc"] = evaluate(model, data.test)
+        with precision():
+            if data.val is not None:
+                row["val_loss"], row["val_acc"] = evaluate(model, data.val)
+            row["test_loss"], row["test_acc"] = evaluate(model, data.test)
         metrics.append(row)
         return row
 
@@ -196,10 +202,13 @@ def train(
         on_save(model)
     last = record(start)
     model.train()
-    for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, schedule.total):
+    for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, schedule.total, augment=data.augment):
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(it)
-        loss = F.cross_entropy(model(x), y)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        with precision():
+            loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         masked.mask_grads()
@@ -218,7 +227,10 @@ def train(
     masked.check(optimizer)
     key = "val_loss" if data.val is not None else "test_loss"
     best = min(metrics, key=lambda r: r[key])
-    _, train_acc = evaluate(model, data.train)
+    with precision():
+        _, train_acc = evaluate(model, data.train)
+    if memory_format is not None:
+        model.to(memory_format=torch.contiguous_format)
     return TrainResult(
         metrics=metrics,
         final_test_acc=metrics[-1]["test_acc"],
@@ -227,6 +239,13 @@ def train(
         train_acc=train_acc,
         wall_time_s=time.perf_counter() - t0,
     )
+
+
+def _precision(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A context factory: bf16 autocast (matmuls and convs in bfloat16, the weights and optimizer in fp32)."""
+    if cfg.precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def total_iterations(cfg: TrainConfig, n_train: int) -> int:

@@ -41,6 +41,41 @@ def create_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kw
     return fn(input_shape, num_classes, **kwargs)
 
 
+NORMS = ("batch", "group", "layer", "none")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The normalisation after a conv: BatchNorm; GroupNorm (32 groups, fewer when the channels do not
+    divide); LayerNorm over (C, H, W), which is GroupNorm with one group; or none."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise TicketlabError(f"unknown norm {kind!r}; known: {', '.join(NORMS)}")
+
+
+def scaled(channels: int, width: float) -> int:
+    """A layer's size under the width multiplier (at least 1)."""
+    if not width > 0:
+        raise TicketlabError(f"width multiplier must be > 0, got {width}")
+    return max(1, round(channels * width))
+
+
+def image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``input_shape`` as (C, H, W), or a clear error for data that are not images."""
+    if len(input_shape) != 3:
+        raise TicketlabError(
+            f"model {model!r} needs images (C, H, W); this data has examples of shape {tuple(input_shape)}. "
+            "Use an image dataset, or mlp / mnist1d_cnn"
+        )
+    return input_shape  # type: ignore[return-value]
+
+
 INIT_SCHEMES = ("glorot_normal", "kaiming_normal", "kaiming_uniform", "default")
 
 
@@ -81,4 +116,4 @@ def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
     return model
 
 
-from ticketlab.models import cnn1d, mlp  # noqa: E402,F401 -- registers the factories
+from ticketlab.models import cnn1d, conv, mlp, resnet, vgg  # noqa: E402,F401 -- registers the factories
