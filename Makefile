@@ -29,3 +29,4 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/augment_speed.py

@@ -1,5 +1,3 @@
-import inspect
-
 import pytest
 import torch
 from conftest import tiny_config
@@ -9,7 +7,7 @@ from ticketlab import masks as M
 from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import registry_problem, run_imp
-from ticketlab.models import INIT_SCHEMES, NORMS, create_model, initialize, model_names
+from ticketlab.models import INIT_SCHEMES, NORMS, create_model, initialize, model_arguments, model_names
 from ticketlab.pruning import magnitude, plan_groups, prune
 from ticketlab.store import JobDir, load_tensors
 
@@ -17,9 +15,7 @@ SHAPES = {"mnist1d": (40,), "gray28": (1, 28, 28), "rgb32": (3, 32, 32)}
 
 
 def takes(name: str, arg: str) -> bool:
-    from ticketlab.models import _REGISTRY
-
-    return arg in inspect.signature(_REGISTRY[name]).parameters
+    return arg in model_arguments(name)
 
 
 def small(name: str) -> dict:

@@ -157,3 +157,27 @@ def test_divergence_is_reported_as_a_user_error(data):
     cfg = TrainConfig(optimizer="sgd", lr=1e12, batch_size=32, steps="60it", eval_every="20it")
     with pytest.raises(TicketlabError, match="training diverged"):
         train(model, data, cfg, mask=_random_mask(model), data_seed=0)
+
+
+@pytest.mark.parametrize(
+    "options", [{"precision": "bf16"}, {"channels_last": True}, {"precision": "bf16", "channels_last": True}]
+)
+def test_bf16_and_channels_last_train_a_conv_net_and_keep_the_mask(options):
+    data = load_dataset("synthetic-images", augment=True)
+
+    def run():
+        # BatchNorm included (bf16 is slow on CPUs without bf16 units: keep the model tiny)
+        model = initialize(create_model("lenet5", data.input_shape, 10, width=0.5, norm="batch"), "kaiming_normal", 0)
+        mask = _random_mask(model, density=0.5)
+        cfg = TrainConfig(
+            optimizer="sgd", lr=0.05, momentum=0.9, batch_size=50, steps="24it", eval_every="12it", **options
+        )
+        result = train(model, data, cfg, mask=mask, data_seed=1)
+        return model, mask, result
+
+    model, mask, result = run()
+    params = dict(model.named_parameters())
+    assert all(bool((params[n][~m] == 0).all()) for n, m in mask.items())
+    assert all(p.is_contiguous() for p in model.parameters()), "the model is handed back in the standard layout"
+    assert result.metrics[-1]["train_loss"] < result.metrics[1]["train_loss"] * 1.5 and result.final_test_acc >= 0
+    assert run()[2].final_test_acc == result.final_test_acc  # same seed, same result

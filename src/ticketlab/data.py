@@ -49,6 +49,10 @@ class Split:
     def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
         return self.normalize(self.x[index])
 
+    def head(self, n: int) -> Split:
+        """The first ``n`` examples."""
+        return Split(self.x[:n], self.y[:n], self.scale, self.shift)
+
     def to(self, device: torch.device | str) -> Split:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Split(self.x.to(device), self.y.to(device), move(self.scale), move(self.shift))

@@ -29,15 +29,22 @@ def model_names() -> dict[str, str]:
     return {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in _REGISTRY.items()}
 
 
+def model_arguments(name: str) -> list[str]:
+    """The keyword arguments a registered factory takes (after the input shape and class count)."""
+    if name not in _REGISTRY:
+        raise TicketlabError(f"unknown model {name!r}; known: {', '.join(_REGISTRY)}")
+    return list(inspect.signature(_REGISTRY[name]).parameters)[2:]
+
+
 def create_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
     """Build a registered model; unknown names and arguments are user errors."""
     if name not in _REGISTRY:
         raise TicketlabError(f"unknown model {name!r}; known: {', '.join(_REGISTRY)}")
     fn = _REGISTRY[name]
-    accepted = inspect.signature(fn).parameters
+    accepted = model_arguments(name)
     bad = [k for k in kwargs if k not in accepted]
     if bad:
-        raise TicketlabError(f"model {name!r} takes no argument(s) {bad}; it takes {list(accepted)[2:]}")
+        raise TicketlabError(f"model {name!r} takes no argument(s) {bad}; it takes {accepted}")
     return fn(input_shape, num_classes, **kwargs)
 
 

@@ -1,0 +1,37 @@
+"""Every preset is a valid config whose optimizer, schedule and pruning plan run end to end."""
+
+import pytest
+
+from ticketlab import config as C
+from ticketlab.data import load_dataset
+from ticketlab.imp import registry_problem, run_imp
+from ticketlab.models import create_model, model_arguments
+from ticketlab.steps import Step
+
+SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "mnist1d": (40,)}
+
+
+@pytest.mark.parametrize("name", sorted(C.PRESETS))
+def test_preset_builds_its_model_on_its_dataset(name):
+    cfg = C.from_dict(C.preset(name))
+    model = create_model(cfg.model.model, SHAPES[cfg.data.dataset], 10, **cfg.model.kwargs())
+    params = dict(model.named_parameters())
+    assert all(i in params for i in cfg.prune.ignore), "ignored layers must exist"
+
+
+@pytest.mark.parametrize("name", sorted(C.PRESETS))
+def test_preset_runs_a_short_level_on_synthetic_images(name, tmp_path):
+    cfg = C.from_dict(C.preset(name))
+    image = cfg.data.dataset != "mnist1d"
+    small = {"width": 0.125} if "width" in model_arguments(cfg.model.model) else {}
+    rewind = "1it" if Step.parse(cfg.imp.rewind).value else "0it"
+    cfg = cfg.replace(
+        data={"dataset": "synthetic-images" if image else "synthetic", "val_size": 0, "augment": cfg.data.augment},
+        model=small,
+        train={"steps": "3it", "eval_every": "3it", "batch_size": 50},
+        imp={"levels": 1, "rewind": rewind, "replicates": 1, "baselines": ("random_prune",)},
+    )
+    data = load_dataset(cfg.data.dataset, augment=cfg.data.augment)
+    rows = run_imp(cfg, registry_problem(cfg, data), tmp_path)
+    assert [(r["level"], r["branch"]) for r in rows] == [(0, "ticket"), (1, "ticket"), (1, "random_prune")]
+    assert rows[1]["density"] < 1.0
