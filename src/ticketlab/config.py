@@ -111,7 +111,9 @@ class TrainConfig:
     precision: str = _f(
         "fp32", "bf16: autocast matmuls and convs to bfloat16 (fast on recent GPUs)", choices=("fp32", "bf16")
     )
-    channels_last: bool = _f(False, "keep image batches and conv weights in channels-last layout (faster on GPUs)")
+    channels_last: bool = _f(
+        False, "image batches and conv weights in channels-last layout (faster convs on GPUs, and on CPUs)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "warmup", "eval_every", *()):
