@@ -102,3 +102,10 @@ def test_model_kwargs_pass_only_what_is_set():
     assert C.ModelConfig().kwargs() == {}
     given = {"width": 0.5, "norm": "group", "dropout": 0.1}
     assert C.ModelConfig(**given).kwargs() == given
+
+
+def test_run_hash_is_stable_across_versions():
+    # The hash of the default experiment as version 1 computed it: adding fields must not move old runs.
+    assert C.ExperimentConfig().run_hash() == "23974710c9"
+    assert C.ExperimentConfig().replace(model={"width": 0.5}).run_hash() != "23974710c9"
+    assert C.ExperimentConfig().replace(train={"channels_last": True}).run_hash() != "23974710c9"

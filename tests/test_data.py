@@ -83,6 +83,23 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
         load_dataset("mnist", data_dir=tmp_path, val_size=100)
 
 
+def test_the_old_flat_data_dir_layout_gets_a_clear_error(tmp_path, monkeypatch):
+    make_idx_dir(tmp_path)
+    monkeypatch.setenv("TICKETLAB_DATA_DIR", str(tmp_path))
+    with pytest.raises(TicketlabError, match="one directory per dataset: move them to .*mnist"):
+        load_dataset("mnist")
+
+
+def test_a_corrupt_gzip_is_reported(tmp_path):
+    make_idx_dir(tmp_path, gz=True)
+    path = tmp_path / (IDX_FILES["train_x"] + ".gz")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)  # damaged in the middle, length unchanged
+    path.write_bytes(bytes(raw))
+    with pytest.raises(TicketlabError, match="not a complete gzip"):
+        read_idx(path)
+
+
 def test_data_dir_from_environment_has_a_directory_per_dataset(tmp_path, monkeypatch):
     make_idx_dir(tmp_path / "mnist", n_train=50)
     make_idx_dir(tmp_path / "fashion-mnist", n_train=40)

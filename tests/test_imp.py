@@ -111,7 +111,10 @@ def test_one_shot_levels_match_the_iterative_density_ladder(data, tmp_path):
     rows = _run(target, data, tmp_path / "t")
     assert [r["level"] for r in rows] == [0, 1]
     m = _masks(tmp_path / "t", [1])[0]
-    assert int(m["fc.0.weight"].sum()) == n - round(0.9 * n)
+    # the overall density is the target (to one weight per layer); the output layer, at its own lower rate,
+    # keeps more than the hidden layers, in the proportion iterative pruning would give it
+    assert abs(M.count(m) - 0.1 * M.size(m)) <= len(m)
+    assert M.density({"o": m["fc.2.weight"]}) > 0.1 > M.density({"h": m["fc.0.weight"]})
 
 
 def test_more_levels_and_replicates_reuse_finished_jobs(data, tmp_path):

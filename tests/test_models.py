@@ -105,6 +105,10 @@ def test_every_model_runs_an_imp_level_on_synthetic_images(name, tmp_path):
     for key, value in rewind.items():
         expected = value * mask[key] if key in mask else value
         assert torch.equal(ticket_init[key], expected), key
+    init = load_tensors(level0 / "init.safetensors")
+    stats = [k for k in init if k.endswith("running_mean")]
+    # ...and those statistics are the ones at step k, not at initialisation
+    assert all(not torch.equal(init[k], rewind[k]) for k in stats)
 
 
 def _weights(model: nn.Module) -> int:
@@ -142,6 +146,13 @@ def test_glorot_normal_has_the_glorot_variance():
     w = model.fc[0].weight.detach()
     assert abs(float(w.std()) - (2 / (784 + 300)) ** 0.5) < 1e-3
     assert float(model.fc[0].bias.detach().abs().max()) == 0.0
+
+
+def test_building_a_model_leaves_batchnorm_statistics_untouched():
+    model = create_model("conv_2", (3, 32, 32), 10, width=0.25, norm="batch")
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(int(m.num_batches_tracked) == 0 and bool((m.running_var == 1).all()) for m in bns)
+    assert model.training
 
 
 def test_widths_dropout_and_errors():

@@ -1,8 +1,10 @@
+import math
+
 import torch
 from torch import nn
 
 from ticketlab import masks as M
-from ticketlab.pruning import compound, matching_fraction, plan_groups, prune, random_mask
+from ticketlab.pruning import compound, one_shot_groups, plan_groups, prune, random_mask
 
 
 def t(*v):
@@ -123,8 +125,15 @@ def test_conv_fc_and_output_layers_at_their_own_rates():
     assert _groups(model, names, "global", 0.2) == [(tuple(names), 0.2)]
 
 
-def test_one_shot_fractions_match_iterative_pruning_at_the_target():
-    assert matching_fraction(0.2, 0.2, 0.1) == 0.9  # exactly
-    levels = 5
-    target = 0.8**levels
-    assert abs(matching_fraction(0.2, 0.1, target) - compound(0.1, levels)) < 1e-12
+def test_one_shot_to_a_target_density_overall_split_as_iterative_pruning_splits_it():
+    sizes = {"conv": 1000, "fc": 9000, "out": 100}
+    same = one_shot_groups([(("conv",), 0.2), (("fc",), 0.2)], sizes, 0.1)
+    assert same == [(("conv",), 0.9), (("fc",), 0.9)]  # one rate: exactly 1 - target
+    # conv 10%, fc 20%, output 10% per level; and a case where no group uses --fraction at all
+    for groups in ([(("conv",), 0.1), (("fc",), 0.2), (("out",), 0.1)], [(("conv",), 0.1), (("out",), 0.1)]):
+        got = one_shot_groups(groups, sizes, 0.05)
+        kept = sum(sum(sizes[n] for n in g) * (1 - f) for g, f in got)
+        assert abs(kept / sum(sum(sizes[n] for n in g) for g, _ in groups) - 0.05) < 1e-9
+        # the same number of levels L for every group: (1 - f_new) = (1 - f) ** L
+        levels = [math.log(1 - f_new) / math.log(1 - f) for (_, f_new), (_, f) in zip(got, groups)]
+        assert max(levels) - min(levels) < 1e-9

@@ -21,8 +21,10 @@ from ticketlab.errors import TicketlabError
 from ticketlab.steps import Step
 
 
-def _f(default: Any, help: str, *, hash: bool = True, choices: tuple | None = None) -> Any:
-    meta = {"help": help, "hash": hash, "choices": choices}
+def _f(default: Any, help: str, *, hash: bool = True, choices: tuple | None = None, since: int = 1) -> Any:
+    """A config field. ``since``: the config version that added it; fields added after version 1 enter the
+    run hash only when set away from their default, so a run made before they existed keeps its directory."""
+    meta = {"help": help, "hash": hash, "choices": choices, "since": since}
     return field(default=default, metadata=meta)
 
 
@@ -47,7 +49,9 @@ class DataConfig:
         hash=False,
     )
     val_size: int = _f(0, "examples held out of the training set for validation / early stopping (paper: 5000)")
-    augment: bool = _f(False, "random crop (4-pixel padding) and horizontal flip of training images, on the device")
+    augment: bool = _f(
+        False, "random crop (4-pixel padding) and horizontal flip of training images, on the device", since=2
+    )
 
     def __post_init__(self) -> None:
         if self.val_size < 0:
@@ -58,13 +62,16 @@ class DataConfig:
 class ModelConfig:
     model: str = _f("mlp", "model name (see `ticketlab models`)")
     widths: tuple[int, ...] = _f((), "hidden widths for MLP models, e.g. 300,100; empty: the model's own")
-    width: float = _f(1.0, "width multiplier for conv models: every layer's channels (and FC sizes) times this")
+    width: float = _f(
+        1.0, "width multiplier for conv models: every layer's channels (and FC sizes) times this", since=2
+    )
     norm: str = _f(
         "",
         "normalisation after each conv; empty: the model's own (BatchNorm for VGG/ResNet, none for Conv-N/LeNet-5)",
         choices=("", "batch", "group", "layer", "none"),
+        since=2,
     )
-    dropout: float = _f(0.0, "dropout on the hidden fully connected layers (Conv-2/4/6)")
+    dropout: float = _f(0.0, "dropout on the hidden fully connected layers (Conv-2/4/6)", since=2)
     init: str = _f(
         "glorot_normal",
         "weight initialisation",
@@ -109,10 +116,10 @@ class TrainConfig:
     warmup: str = _f("0it", "linear LR warmup length from 0, e.g. 10000it")
     eval_every: str = _f("100it", "evaluate on validation and test every this often")
     precision: str = _f(
-        "fp32", "bf16: autocast matmuls and convs to bfloat16 (fast on recent GPUs)", choices=("fp32", "bf16")
+        "fp32", "bf16: autocast matmuls and convs to bfloat16 (fast on recent GPUs)", choices=("fp32", "bf16"), since=2
     )
     channels_last: bool = _f(
-        False, "image batches and conv weights in channels-last layout (faster convs on GPUs, and on CPUs)"
+        False, "image batches and conv weights in channels-last layout (faster convs on GPUs, and on CPUs)", since=2
     )
 
     def __post_init__(self) -> None:
@@ -144,7 +151,9 @@ class PruneConfig:
     )
     fraction: float = _f(0.25, "fraction of the remaining prunable weights removed per level")
     conv_fraction: float | None = _f(
-        None, "conv layers' own fraction per level (paper's Conv-2/4/6: 0.1 or 0.15); unset: same as --fraction"
+        None,
+        "conv layers' own fraction per level (paper's Conv-2/4/6: 0.1 or 0.15); unset: same as --fraction",
+        since=2,
     )
     output_fraction: float | None = _f(
         None, "the output layer's own fraction per level (paper: 0.1); unset: same as --fraction"
@@ -165,7 +174,9 @@ class ImpConfig:
     one_shot: bool = _f(
         False, "prune each level straight from the dense network's trained weights instead of iteratively"
     )
-    target_density: float | None = _f(None, "one-shot only: prune once, straight to this density (overrides --levels)")
+    target_density: float | None = _f(
+        None, "one-shot only: prune once, straight to this overall density (overrides --levels)"
+    )
     baselines: tuple[str, ...] = _f(
         ("reinit", "random_prune"),
         "baselines trained at every level",
@@ -202,7 +213,12 @@ class ExperimentConfig:
     def run_hash(self) -> str:
         """A short hash of every field that changes what a run computes."""
         kept = {
-            section: {f.name: getattr(getattr(self, section), f.name) for f in fields_of(section) if f.metadata["hash"]}
+            section: {
+                f.name: getattr(getattr(self, section), f.name)
+                for f in fields_of(section)
+                if f.metadata["hash"]
+                and (f.metadata["since"] == 1 or getattr(getattr(self, section), f.name) != f.default)
+            }
             for section in SECTIONS
         }
         blob = json.dumps(kept, sort_keys=True, default=list)

@@ -76,8 +76,10 @@ class Dataset:
         return replace(self, train=self.train.to(device), test=self.test.to(device), val=val)
 
 
-def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + stream) % (2**63))
+def _generator(seed: int, epoch: int, stream: str) -> torch.Generator:
+    """A generator for one purpose in one epoch, independent of the data order's (a hash of all three)."""
+    digest = hashlib.sha256(repr((seed, epoch, stream)).encode()).hexdigest()
+    return torch.Generator().manual_seed(int(digest[:15], 16))
 
 
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -91,7 +93,7 @@ PAD = 4  # the CIFAR standard: pad by 4 pixels, crop back to the original size
 
 def augment_draws(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Per-position draws for an epoch: (n, 3) int64 rows of (row shift, column shift, flip)."""
-    g = _generator(seed, epoch, 1)
+    g = _generator(seed, epoch, "augment")
     shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
     flips = torch.randint(0, 2, (n, 1), generator=g)
     return torch.cat([shifts, flips], 1).to(device)
@@ -270,6 +272,11 @@ def _user_dir(given: Path | None, name: str) -> Path | None:
     env = os.environ.get("TICKETLAB_DATA_DIR")
     if env and (Path(env) / name).exists():
         return Path(env) / name
+    if env and (sources.idx_paths(Path(env)) or sources.find_cifar(Path(env))):
+        raise TicketlabError(
+            f"$TICKETLAB_DATA_DIR ({env}) holds dataset files itself; it now holds one directory per dataset: "
+            f"move them to {Path(env) / name}/ or pass --data-dir {env}"
+        )
     return None
 
 

@@ -26,7 +26,7 @@ from ticketlab import masks as M
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import Dataset, iterations_per_epoch
 from ticketlab.errors import TicketlabError
-from ticketlab.pruning import Group, compound, magnitude, matching_fraction, plan_groups, prune, random_mask
+from ticketlab.pruning import Group, compound, magnitude, one_shot_groups, plan_groups, prune, random_mask
 from ticketlab.steps import Step
 from ticketlab.store import (
     JobDir,
@@ -240,13 +240,12 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
 
 def _next_mask(cfg, run_dir, r, level, mask, groups: list[Group], device) -> M.Mask:
     """The mask of ``level``: prune the previous ticket (iterative) or the dense network (one-shot)."""
-    p = cfg.prune
     if cfg.imp.one_shot:
         source = load_tensors(JobDir(run_dir, r, 0, "ticket").file("final.safetensors"), device)
         base = {n: torch.ones_like(m) for n, m in mask.items()}
         target = cfg.imp.target_density
         if target is not None:
-            groups = [(g, matching_fraction(p.fraction, f, target)) for g, f in groups]
+            groups = one_shot_groups(groups, {n: m.numel() for n, m in mask.items()}, target)
         else:
             groups = [(g, compound(f, level)) for g, f in groups]
     else:

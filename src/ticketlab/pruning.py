@@ -7,8 +7,6 @@ weights per layer or per global pool, never reviving a pruned one.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ticketlab.errors import TicketlabError
@@ -64,13 +62,25 @@ def compound(fraction: float, levels: int) -> float:
     return 1.0 - (1.0 - fraction) ** levels
 
 
-def matching_fraction(fraction: float, own_fraction: float, target_density: float) -> float:
-    """One-shot fraction for a group at its own rate: what iterative pruning removes from it by the time
-    the layers at ``fraction`` reach ``target_density``."""
-    if own_fraction == fraction:
-        return 1.0 - target_density  # exact, not through logarithms
-    levels = math.log(target_density) / math.log(1.0 - fraction) if fraction < 1 else 1.0
-    return compound(own_fraction, levels)
+def one_shot_groups(groups: list[Group], sizes: dict[str, int], target_density: float) -> list[Group]:
+    """Fractions that prune once to ``target_density`` overall, split between the groups as iterative pruning
+    splits them: each group gets ``compound(f, L)`` for the (real) number of levels L at which the kept weights,
+    summed over the groups (``sizes``: weights per layer), are ``target_density`` of all of them."""
+    if len({f for _, f in groups}) == 1:
+        return [(g, 1.0 - target_density) for g, _ in groups]  # exact, no search needed
+    weights = [(sum(sizes[n] for n in g), f) for g, f in groups]
+    total = sum(n for n, _ in weights)
+
+    def density(levels: float) -> float:
+        return sum(n * (1.0 - f) ** levels for n, f in weights) / total
+
+    lo, hi = 0.0, 1.0
+    while density(hi) > target_density:
+        lo, hi = hi, 2 * hi
+    for _ in range(100):  # bisection: density falls monotonically with the number of levels
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if density(mid) > target_density else (lo, mid)
+    return [(g, compound(f, hi)) for g, f in groups]
 
 
 def _kept_after(remaining: int, fraction: float) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -19,8 +20,10 @@ import struct
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +84,10 @@ def _mirrors(dataset: str) -> list[str]:
 
 def _download(url: str, dest: Path, md5: str) -> str | None:
     """Stream ``url`` into ``dest`` (atomically, only if complete and the MD5 matches); the error otherwise."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as e:
+        raise TicketlabError(f"cannot write to the cache directory {dest.parent}: {e.strerror or e}") from None
     h = hashlib.md5(usedforsecurity=False)
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
@@ -99,8 +105,8 @@ def _download(url: str, dest: Path, md5: str) -> str | None:
             return f"checksum mismatch (MD5 {h.hexdigest()}, expected {md5})"
         os.replace(tmp, dest)
         return None
-    except (urllib.error.URLError, OSError, ValueError) as e:  # http.client.IncompleteRead is an OSError too
-        return str(getattr(e, "reason", None) or e)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        return f"{type(e).__name__}: {getattr(e, 'reason', None) or e}"
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -111,6 +117,9 @@ def fetch(dataset: str, filename: str, directory: Path | None = None) -> Path:
     directory = directory or cache_dir() / dataset
     directory.mkdir(parents=True, exist_ok=True)
     dest = directory / filename
+    for stale in directory.glob(f".{filename}.*.part"):  # left by a download killed an hour ago or more
+        if time.time() - stale.stat().st_mtime > 3600:
+            stale.unlink(missing_ok=True)
     if dest.exists():
         if md5sum(dest) == md5:
             return dest
@@ -147,7 +156,7 @@ def read_idx(path: Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise TicketlabError(f"{path} is not a complete gzip file ({e}); delete it and fetch it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise TicketlabError(f"{path} is not an IDX file (bad magic number)")
@@ -219,7 +228,7 @@ def _cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         d = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows are R, G, B planes of 32x32
         y = np.asarray(d[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError) as e:
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
         raise TicketlabError(f"{where} is not a valid CIFAR-10 batch ({e}); delete it and fetch it again") from None
     if len(x) != len(y):
         raise TicketlabError(f"{where}: {len(x)} images but {len(y)} labels")
@@ -242,7 +251,7 @@ def read_cifar(path: Path) -> dict[str, np.ndarray]:
                 if missing:
                     raise TicketlabError(f"cifar10: {path} lacks {', '.join(missing)}")
                 raw = {n: tar.extractfile(members[n]).read() for n in names}
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise TicketlabError(
                 f"{path} is not a whole CIFAR-10 archive ({e}); delete it and fetch it again"
             ) from None

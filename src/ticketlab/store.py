@@ -111,9 +111,11 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
-        # A writer killed mid-write (kill -9) leaves its temporary file; holding the lock, nobody else writes here.
-        for stale in self.path.parent.rglob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        # A job killed mid-write (kill -9) leaves its temporary file; holding the lock, nobody else writes in
+        # the job directories (only there: `ticketlab report` may be writing at the top level without the lock).
+        for pattern in ("replicate_*/level_*/.*.tmp", "replicate_*/level_*/*/.*.tmp"):
+            for stale in self.path.parent.glob(pattern):
+                stale.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -205,28 +205,32 @@ def train(
         on_save(model)
     last = record(start)
     model.train()
-    for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, schedule.total, augment=data.augment):
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr(it)
-        if memory_format is not None:
-            x = x.contiguous(memory_format=memory_format)
-        with precision():
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        masked.mask_grads()
-        optimizer.step()
-        masked.mask_weights()
-        running += loss.detach()
-        seen += 1
-        done = it + 1
-        if save_at is not None and done == save_at and on_save:
-            on_save(model)
-        if done % eval_every == 0 or done == schedule.total:
-            last = record(done)
-            model.train()
-        if progress:
-            progress(done, last)
+    # Randomness inside the model (dropout) is seeded per step, so a run resumed at any step reproduces it;
+    # forked, so the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+        for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, schedule.total, augment=data.augment):
+            torch.manual_seed(_step_seed(data_seed, it))  # dropout & co. draw the same at step `it` on resume
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.lr(it)
+            if memory_format is not None:
+                x = x.contiguous(memory_format=memory_format)
+            with precision():
+                loss = F.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            masked.mask_grads()
+            optimizer.step()
+            masked.mask_weights()
+            running += loss.detach()
+            seen += 1
+            done = it + 1
+            if save_at is not None and done == save_at and on_save:
+                on_save(model)
+            if done % eval_every == 0 or done == schedule.total:
+                last = record(done)
+                model.train()
+            if progress:
+                progress(done, last)
     masked.check(optimizer)
     key = "val_loss" if data.val is not None else "test_loss"
     best = min(metrics, key=lambda r: r[key])
@@ -243,6 +247,10 @@ def train(
         train_acc=train_acc,
         wall_time_s=time.perf_counter() - t0,
     )
+
+
+def _step_seed(data_seed: int, it: int) -> int:
+    return (data_seed * 6_364_136_223_846_793_005 + it) % (2**63)
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:

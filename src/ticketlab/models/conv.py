@@ -38,8 +38,9 @@ class ConvNet(nn.Module):
             layers += [nn.Conv2d(channels, out, kernel, padding=padding), norm_layer(norm, out), nn.ReLU()]
             channels = out
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, *input_shape)).numel()
+        with torch.no_grad():  # measure the flattened size; in eval mode, so BatchNorm statistics stay untouched
+            flat = self.features.eval()(torch.zeros(1, *input_shape)).numel()
+        self.features.train()
         sizes = [flat, *fc_widths, num_classes]
         self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
