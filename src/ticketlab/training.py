@@ -207,9 +207,13 @@ def train(
     model.train()
     # Randomness inside the model (dropout) is seeded per step, so a run resumed at any step reproduces it;
     # forked, so the caller's random state is left as it was.
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+    # (Seeding that device's generator directly: torch.manual_seed seeds every backend, ~120 us a step on CPU.)
+    device = data.train.x.device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    generator = torch.cuda.default_generators[cuda[0]] if cuda else torch.default_generator
+    with torch.random.fork_rng(devices=cuda):
         for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, schedule.total, augment=data.augment):
-            torch.manual_seed(_step_seed(data_seed, it))  # dropout & co. draw the same at step `it` on resume
+            generator.manual_seed(_step_seed(data_seed, it))  # dropout draws the same at step `it` on resume
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr(it)
             if memory_format is not None:
