@@ -14,6 +14,19 @@ from ticketlab.models import image_shape, norm_layer, register, scaled
 Plan = list[tuple[int, int, int] | str]  # (out channels, kernel, padding) per conv, "M" for a 2x2 max-pool
 
 
+def conv_blocks(channels: int, plan: Plan, norm: str) -> tuple[nn.Sequential, int]:
+    """Conv-norm-ReLU blocks and max-pools as ``plan`` says; also returns the output channel count."""
+    layers: list[nn.Module] = []
+    for item in plan:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        out, kernel, padding = item
+        layers += [nn.Conv2d(channels, out, kernel, padding=padding), norm_layer(norm, out), nn.ReLU()]
+        channels = out
+    return nn.Sequential(*layers), channels
+
+
 class ConvNet(nn.Module):
     """Conv blocks (``features``), then a fully connected head (``fc``, the last is the output)."""
 
@@ -28,16 +41,7 @@ class ConvNet(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = input_shape[0]
-        for item in plan:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2))
-                continue
-            out, kernel, padding = item
-            layers += [nn.Conv2d(channels, out, kernel, padding=padding), norm_layer(norm, out), nn.ReLU()]
-            channels = out
-        self.features = nn.Sequential(*layers)
+        self.features, _ = conv_blocks(input_shape[0], plan, norm)
         with torch.no_grad():  # measure the flattened size; in eval mode, so BatchNorm statistics stay untouched
             flat = self.features.eval()(torch.zeros(1, *input_shape)).numel()
         self.features.train()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.models import image_shape, norm_layer, register, scaled
+from ticketlab.models import image_shape, register, scaled
+from ticketlab.models.conv import conv_blocks
 
 _PLANS: dict[int, list[int | str]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -21,15 +22,7 @@ _PLANS: dict[int, list[int | str]] = {
 class VGG(nn.Module):
     def __init__(self, in_channels: int, plan: list[int | str], num_classes: int, norm: str):
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for item in plan:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2))
-                continue
-            layers += [nn.Conv2d(channels, item, 3, padding=1), norm_layer(norm, item), nn.ReLU()]
-            channels = item
-        self.features = nn.Sequential(*layers)
+        self.features, channels = conv_blocks(in_channels, [p if p == "M" else (p, 3, 1) for p in plan], norm)
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
