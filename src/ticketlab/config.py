@@ -39,6 +39,22 @@ def _check_fraction(name: str, value: float | None) -> None:
         raise TicketlabError(f"{name} must be in (0, 1], got {value}")
 
 
+# ticketlab.scores.AFTER_TRAINING holds these (a test keeps the two in step; config stays free of torch)
+CRITERIA = (
+    "large_final",
+    "small_final",
+    "large_init",
+    "small_init",
+    "large_init_large_final",
+    "small_init_small_final",
+    "magnitude_increase",
+    "movement",
+    "large_final_same_sign",
+    "large_final_diff_sign",
+    "random",
+)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = _f("mnist1d", "dataset name (see `ticketlab datasets`)")
@@ -150,6 +166,13 @@ class PruneConfig:
         choices=("layerwise", "global"),
     )
     fraction: float = _f(0.25, "fraction of the remaining prunable weights removed per level")
+    criterion: str = _f(
+        "large_final",
+        "which weights to keep, scored from the level's start (theta_k) and end weights (Zhou et al. 2019); "
+        "large_final is magnitude pruning",
+        choices=CRITERIA,
+        since=2,
+    )
     conv_fraction: float | None = _f(
         None,
         "conv layers' own fraction per level (paper's Conv-2/4/6: 0.1 or 0.15); unset: same as --fraction",

@@ -26,7 +26,8 @@ from ticketlab import masks as M
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import Dataset, iterations_per_epoch
 from ticketlab.errors import TicketlabError
-from ticketlab.pruning import Group, compound, magnitude, one_shot_groups, plan_groups, prune, random_mask
+from ticketlab.pruning import Group, compound, one_shot_groups, plan_groups, prune, random_mask
+from ticketlab.scores import after_training
 from ticketlab.steps import Step
 from ticketlab.store import (
     JobDir,
@@ -209,7 +210,7 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
         if mask_path.exists():
             new_mask = M.load_mask(mask_path, device)
         else:
-            new_mask = _next_mask(cfg, run_dir, r, level, mask, plan.groups, device)
+            new_mask = _next_mask(cfg, run_dir, r, level, mask, plan.groups, rewind_state, device)
             M.save_mask(mask_path, new_mask)
         mask = new_mask
 
@@ -238,8 +239,11 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
             _finish(job, model, bmask, _train_job(model, data, cfg, bmask, data_seed, k, bars, job))
 
 
-def _next_mask(cfg, run_dir, r, level, mask, groups: list[Group], device) -> M.Mask:
-    """The mask of ``level``: prune the previous ticket (iterative) or the dense network (one-shot)."""
+def _next_mask(cfg, run_dir, r, level, mask, groups: list[Group], start_state, device) -> M.Mask:
+    """The mask of ``level``: prune the previous ticket (iterative) or the dense network (one-shot).
+
+    The criterion scores the weights the pruned network ended with against those it started from (theta_k).
+    """
     if cfg.imp.one_shot:
         source = load_tensors(JobDir(run_dir, r, 0, "ticket").file("final.safetensors"), device)
         base = {n: torch.ones_like(m) for n, m in mask.items()}
@@ -251,7 +255,8 @@ def _next_mask(cfg, run_dir, r, level, mask, groups: list[Group], device) -> M.M
     else:
         source = load_tensors(JobDir(run_dir, r, level - 1, "ticket").file("final.safetensors"), device)
         base = mask
-    new = prune(magnitude(source, list(mask)), base, groups)
+    scores = after_training(cfg.prune.criterion, start_state, source, list(mask), derive_seed(cfg.imp.seed, r, level))
+    new = prune(scores, base, groups)
     if not M.is_subset(new, mask if not cfg.imp.one_shot else base):
         raise AssertionError("pruning must only remove weights")
     return new

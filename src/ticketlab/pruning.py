@@ -12,12 +12,6 @@ import torch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 
-
-def magnitude(params: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
-    """The LTH criterion: keep the weights of largest absolute value."""
-    return {n: params[n].detach().abs() for n in names}
-
-
 Group = tuple[tuple[str, ...], float]  # layers pruned under one threshold, and the fraction removed per level
 
 
