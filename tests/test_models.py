@@ -71,7 +71,7 @@ def test_every_model_prunes_to_the_exact_count(name, strategy):
     for _ in range(3):
         params = dict(model.named_parameters())
         new = prune(large_final(params, params, names, 0), mask, groups)
-        for members, fraction in groups:
+        for members, fraction, _ in groups:
             before = sum(int(mask[n].sum()) for n in members)
             assert sum(int(new[n].sum()) for n in members) == before - round(fraction * before)
         assert M.is_subset(new, mask)

@@ -1,10 +1,22 @@
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from ticketlab import masks as M
-from ticketlab.pruning import compound, one_shot_groups, plan_groups, prune, random_mask
+from ticketlab.errors import TicketlabError
+from ticketlab.pruning import (
+    Group,
+    at_level,
+    compound,
+    erk_densities,
+    one_shot_groups,
+    plan_groups,
+    prune,
+    prune_in_rounds,
+    random_mask,
+)
 
 
 def t(*v):
@@ -107,7 +119,9 @@ def test_output_bias_goes_at_the_output_rate_when_biases_are_pruned():
 
 def _groups(model, names, strategy, fraction, **rates):
     kinds, out = M.layer_kinds(model), M.output_layer_name(model)
-    return plan_groups(names, kinds=kinds, output_name=out, strategy=strategy, fraction=fraction, **rates)
+    groups = plan_groups(names, kinds=kinds, output_name=out, strategy=strategy, fraction=fraction, **rates)
+    assert not any(g.erk for g in groups) or strategy == "erk"
+    return [tuple(g[:2]) for g in groups] if strategy != "erk" else groups
 
 
 def test_conv_fc_and_output_layers_at_their_own_rates():
@@ -128,12 +142,109 @@ def test_conv_fc_and_output_layers_at_their_own_rates():
 def test_one_shot_to_a_target_density_overall_split_as_iterative_pruning_splits_it():
     sizes = {"conv": 1000, "fc": 9000, "out": 100}
     same = one_shot_groups([(("conv",), 0.2), (("fc",), 0.2)], sizes, 0.1)
-    assert same == [(("conv",), 0.9), (("fc",), 0.9)]  # one rate: exactly 1 - target
+    assert [tuple(g[:2]) for g in same] == [(("conv",), 0.9), (("fc",), 0.9)]  # one rate: exactly 1 - target
     # conv 10%, fc 20%, output 10% per level; and a case where no group uses --fraction at all
     for groups in ([(("conv",), 0.1), (("fc",), 0.2), (("out",), 0.1)], [(("conv",), 0.1), (("out",), 0.1)]):
         got = one_shot_groups(groups, sizes, 0.05)
-        kept = sum(sum(sizes[n] for n in g) * (1 - f) for g, f in got)
+        kept = sum(sum(sizes[n] for n in g) * (1 - f) for g, f, _ in got)
         assert abs(kept / sum(sum(sizes[n] for n in g) for g, _ in groups) - 0.05) < 1e-9
         # the same number of levels L for every group: (1 - f_new) = (1 - f) ** L
-        levels = [math.log(1 - f_new) / math.log(1 - f) for (_, f_new), (_, f) in zip(got, groups)]
+        levels = [math.log(1 - f_new) / math.log(1 - f) for (_, f_new, _), (_, f) in zip(got, groups)]
         assert max(levels) - min(levels) < 1e-9
+
+
+def test_erk_densities_follow_the_formula_and_hit_the_overall_density():
+    shapes = {"conv1": (16, 3, 3, 3), "conv2": (32, 16, 3, 3), "fc": (10, 16)}
+    sizes = {n: math.prod(s) for n, s in shapes.items()}  # 432, 4608, 160
+    raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}  # (n_out + n_in + k_h + k_w) / (n_out n_in k_h k_w)
+    for d in (0.05, 0.3):
+        dens = erk_densities(shapes, d)
+        assert abs(sum(dens[n] * sizes[n] for n in shapes) / 5200 - d) < 1e-12
+    # at 5%: eps = 0.05 * 5200 / (25 + 54 + 26), every layer below 1 and proportional to its raw density
+    dens = erk_densities(shapes, 0.05)
+    assert all(abs(dens[n] - raw[n] * 260 / 105) < 1e-12 for n in shapes)
+    # at 30% the fc layer (2.41 > 1), then conv1 (1.03 > 1 after re-solving) are made dense; conv2 takes the rest
+    dens = erk_densities(shapes, 0.3)
+    assert dens["fc"] == 1.0 and dens["conv1"] == 1.0
+    assert abs(dens["conv2"] - (1560 - 160 - 432) / 4608) < 1e-12
+    assert erk_densities(shapes, 1.0) == {n: 1.0 for n in shapes}
+
+
+def test_erk_group_prunes_each_layer_to_its_exact_count_and_compounds_over_levels():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 20), nn.Linear(20, 5))
+    names = M.prunable_names(model)
+    groups = _groups(model, names, "erk", 0.5, output_fraction=0.2)
+    assert [(g.members, g.erk) for g in groups] == [(("0.weight", "2.weight"), True), (("3.weight",), False)]
+    mask = M.full_mask(model, names)
+    shapes = {n: tuple(mask[n].shape) for n in ("0.weight", "2.weight")}
+    for level in (1, 2, 3):
+        new = prune({n: torch.randn(m.shape) for n, m in mask.items()}, mask, at_level(groups, level))
+        dens = erk_densities(shapes, 0.5**level)
+        for n in shapes:
+            assert int(new[n].sum()) == round(dens[n] * new[n].numel())
+        assert M.is_subset(new, mask)
+        mask = new
+    assert int(mask["3.weight"].sum()) == 100 - 20 - 16 - 13  # the output layer: 20% of what is left per level
+
+
+def test_per_layer_overrides_and_dense_layers():
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10), nn.Linear(10, 4))
+    names = M.prunable_names(model)
+    groups = _groups(model, names, "global", 0.5, overrides={"0.weight": 0.0, "2.weight": 0.25})
+    assert groups == [(("0.weight",), 0.0), (("1.weight",), 0.5), (("2.weight",), 0.25)]
+    new = prune(
+        {n: torch.randn(m.shape) for n, m in M.full_mask(model, names).items()},
+        M.full_mask(model, names),
+        [Group(g, f) for g, f in groups],
+    )
+    assert [int(new[n].sum()) for n in names] == [100, 50, 30]
+    with pytest.raises(TicketlabError, match="not prunable"):
+        _groups(model, names, "layerwise", 0.5, overrides={"fc.weight": 0.1})
+    # a target below what the dense layers already hold cannot be reached
+    with pytest.raises(TicketlabError, match="cannot be reached"):
+        one_shot_groups([Group(("0.weight",), 0.0), Group(("1.weight",), 0.5)], {"0.weight": 100, "1.weight": 100}, 0.4)
+
+
+def test_rounds_reach_the_exact_count_on_an_exponential_schedule_rescoring_each_time():
+    mask = {"a": torch.ones(1000, dtype=torch.bool), "b": torch.ones(100, dtype=torch.bool)}
+    seen = []
+
+    def score(current):
+        seen.append({n: int(m.sum()) for n, m in current.items()})
+        return {n: torch.rand(m.shape) for n, m in current.items()}
+
+    new = prune_in_rounds(score, mask, [Group(("a",), 0.99), Group(("b",), 0.5)], 10)
+    assert int(new["a"].sum()) == 10 and int(new["b"].sum()) == 50
+    assert len(seen) == 10 and seen[0] == {"a": 1000, "b": 100}
+    # after round r: 1000 * 0.01 ** (r / 10) kept, so round 5 scores 1000 * 0.1 = 100 weights of a
+    assert seen[5]["a"] == 100 and all(x["a"] > y["a"] for x, y in zip(seen, seen[1:]))
+
+
+def test_collapse_detects_an_emptied_layer_and_a_cut_path():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    names = M.prunable_names(model)
+    mask = M.full_mask(model, names)
+    assert M.collapse(model, mask, (4,)) == []
+    # hidden unit 0 of layer 3 has no input, and the output layer reads only unit 0: cut, though no layer is empty
+    cut = dict(mask, **{"3.weight": torch.tensor([[False] * 3, [True] * 3, [True] * 3])})
+    cut["5.weight"] = torch.tensor([[True, False, False], [True, False, False]])
+    assert M.collapse(model, cut, (4,)) == ["no path from the input reaches any output"]
+    assert M.dead_outputs(model, cut, (4,)) == (2, 2)
+    # one output reachable: one dead, which is not collapse
+    cut["5.weight"] = torch.tensor([[True, False, False], [False, True, False]])
+    assert M.dead_outputs(model, cut, (4,)) == (1, 2) and M.collapse(model, cut, (4,)) == []
+    empty = dict(mask, **{"0.weight": torch.zeros(3, 4, dtype=torch.bool)})
+    assert M.collapse(model, empty, (4,))[0] == "0.weight has no weight left"
+    assert "0.weight" in M.density_table(empty) and "0.0000%" in M.density_table(empty)
+
+
+def test_collapse_sees_paths_through_residual_connections():
+    from ticketlab.models import create_model
+
+    model = create_model("resnet20", (3, 8, 8), 10, width=0.25)
+    mask = M.full_mask(model, M.prunable_names(model))
+    # emptying one block's conv leaves its identity shortcut: a layer collapses, the outputs stay connected
+    mask["blocks.1.conv2.weight"] = torch.zeros_like(mask["blocks.1.conv2.weight"])
+    assert M.collapse(model, mask, (3, 8, 8)) == ["blocks.1.conv2.weight has no weight left"]
+    mask["conv.weight"] = torch.zeros_like(mask["conv.weight"])  # the stem: nothing gets in
+    assert "no path from the input reaches any output" in M.collapse(model, mask, (3, 8, 8))

@@ -1,15 +1,19 @@
-"""Golden tests of every after-training criterion on 4-element tensors, and the criteria inside IMP."""
+"""Golden tests of every criterion on tiny hand-computed cases, and the criteria inside IMP."""
+
+import math
 
 import pytest
 import torch
 from conftest import tiny_config
+from torch import nn
 
 from ticketlab import masks as M
 from ticketlab.config import CRITERIA
 from ticketlab.data import load_dataset
+from ticketlab.errors import TicketlabError
 from ticketlab.imp import registry_problem, run_imp
 from ticketlab.pruning import prune
-from ticketlab.scores import AFTER_TRAINING, after_training
+from ticketlab.scores import AFTER_TRAINING, WITH_MODEL, Examples, after_training, at_init
 from ticketlab.store import JobDir
 
 W0 = {"w": torch.tensor([0.5, -0.1, 0.3, -0.8])}  # at the start of the level
@@ -51,7 +55,7 @@ def test_small_init_small_final_golden():
 def test_random_is_seeded_and_the_registry_matches_the_config():
     assert keep_two("random", 1) == keep_two("random", 1)
     assert len({tuple(keep_two("random", s)) for s in range(10)}) > 1
-    assert tuple(AFTER_TRAINING) == CRITERIA
+    assert (*AFTER_TRAINING, *WITH_MODEL) == CRITERIA
 
 
 def test_excluded_weights_go_first_but_counts_stay_exact():
@@ -77,3 +81,105 @@ def test_criteria_drive_imp_with_exact_shrinking_masks(criterion, tmp_path):
         assert M.is_subset(ours[level], ours[level - 1])
         assert M.count(ours[level]) == M.count(magnitude[level])  # the same counts per layer...
         assert M.hamming(ours[level], magnitude[level]) > 0  # ...but other weights
+
+
+# --- scores computed on the network: SNIP, GraSP, SynFlow ---
+
+SIGMA = 1 / (1 + math.exp(-1))  # softmax of logits (3, 2), first entry
+
+
+def _linear(weight, bias=False) -> nn.Linear:
+    layer = nn.Linear(len(weight[0]), len(weight), bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight))
+    return layer
+
+
+def _one_example(x=(1.0, 1.0), y=0) -> Examples:
+    return Examples((len(x),), lambda: iter([(torch.tensor([x]), torch.tensor([y]))]))
+
+
+def _full(model):
+    return M.full_mask(model, M.prunable_names(model))
+
+
+def test_snip_golden():
+    # logits W x = (3, 2); dL/dz = p - e_0 = (sigma - 1, 1 - sigma); dL/dW = (p - e_0) x^T with x = (1, 1)
+    model = nn.Sequential(_linear([[1.0, 2.0], [3.0, -1.0]]))
+    s = WITH_MODEL["snip"](model, _full(model), _one_example())["0.weight"]
+    a = 1 - SIGMA
+    assert torch.allclose(s, torch.tensor([[a, 2 * a], [3 * a, a]]), atol=1e-6)
+
+
+def test_grasp_golden():
+    # Linear model: H = (diag(p) - p p^T) (x) x x^T, so H g = (diag(p) - p p^T)(p - e_0) |x|^2 x^T,
+    # = c * (-1, 1)^T (1, 1) with c = 4 sigma (1 - sigma)^2; the score is w * Hg
+    model = nn.Sequential(_linear([[1.0, 2.0], [3.0, -1.0]]))
+    s = WITH_MODEL["grasp"](model, _full(model), _one_example())["0.weight"]
+    c = 4 * SIGMA * (1 - SIGMA) ** 2
+    assert torch.allclose(s, torch.tensor([[-c, -2 * c], [3 * c, -c]]), atol=1e-6)
+
+
+def test_synflow_golden_and_reads_no_data():
+    # R = sum_i |W2_i| sum_j |W1_ij|: score of W1_ij = |W1_ij| |W2_i|, of W2_i = |W2_i| sum_j |W1_ij|
+    model = nn.Sequential(_linear([[1.0, -2.0], [3.0, 4.0]]), nn.ReLU(), _linear([[2.0, -1.0]]))
+
+    def no_data():
+        raise AssertionError("SynFlow read the data")
+
+    scores = WITH_MODEL["synflow"](model, _full(model), Examples((2,), no_data))
+    assert scores["0.weight"].tolist() == [[2.0, 4.0], [3.0, 4.0]]
+    assert scores["2.weight"].tolist() == [[6.0, 7.0]]
+    # a pruned weight carries no flow, and what flowed through it is gone from the others' scores
+    mask = {"0.weight": torch.tensor([[True, False], [True, True]]), "2.weight": torch.ones(1, 2, dtype=torch.bool)}
+    scores = WITH_MODEL["synflow"](model, mask, Examples((2,), no_data))
+    assert scores["0.weight"].tolist() == [[2.0, 0.0], [3.0, 4.0]] and scores["2.weight"].tolist() == [[2.0, 7.0]]
+
+
+@pytest.mark.parametrize("criterion", ["snip", "grasp", "synflow"])
+def test_scoring_leaves_the_model_and_its_batchnorm_statistics_as_they_were(criterion):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+    model.train()
+    model(torch.randn(64, 4))  # non-trivial running statistics
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    examples = Examples((4,), lambda: iter([(x, y)]))
+    a = WITH_MODEL[criterion](model, _full(model), examples)
+    b = WITH_MODEL[criterion](model, _full(model), examples)
+    assert model.training  # the caller's mode is kept
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(a[n], b[n]) for n in a)  # eval mode: no dropout, the same scores twice
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_at_init_refuses_criteria_that_need_training():
+    model = nn.Sequential(_linear([[1.0, 2.0], [3.0, -1.0]]))
+    with pytest.raises(TicketlabError, match="same at initialisation"):
+        at_init("movement", model, _full(model), _one_example())
+    # magnitude at init is large_final with w_T = w_0
+    s = at_init("large_final", model, _full(model), _one_example())["0.weight"]
+    assert s.tolist() == [[1.0, 2.0], [3.0, 1.0]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_global_snip_collapses_a_layer_at_999_sparsity_and_synflow_keeps_every_layer_connected(seed):
+    from ticketlab.models import create_model, initialize
+    from ticketlab.pruning import Group, prune_in_rounds
+
+    model = initialize(create_model("lenet_300_100", (1, 28, 28), 10), "glorot_normal", seed)
+    names = M.prunable_names(model)
+    full = M.full_mask(model, names)
+    g = torch.Generator().manual_seed(seed)
+    batch = (torch.randn(100, 1, 28, 28, generator=g), torch.randint(0, 10, (100,), generator=g))
+    examples = Examples((1, 28, 28), lambda: iter([batch]))
+    groups = [Group(tuple(names), 0.999)]  # global: one threshold over the three layers
+    masks = {
+        c: prune_in_rounds(lambda m, c=c: WITH_MODEL[c](model, m, examples), full, groups, rounds)
+        for c, rounds in (("snip", 1), ("synflow", 100))
+    }
+    for mask in masks.values():
+        assert M.count(mask) == M.size(full) - round(0.999 * M.size(full))
+    assert "fc.0.weight has no weight left" in M.collapse(model, masks["snip"], (1, 28, 28))
+    assert M.collapse(model, masks["synflow"], (1, 28, 28)) == []
+    assert M.dead_outputs(model, masks["synflow"], (1, 28, 28)) == (0, 10)

@@ -6,6 +6,7 @@ linear and conv layers; biases only when asked; norm layers never; anything in `
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -126,3 +127,62 @@ def check_mask(model: nn.Module, mask: Mask) -> None:
             raise TicketlabError(
                 f"mask for {name!r} has shape {tuple(m.shape)}, the parameter {tuple(params[name].shape)}"
             )
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+@torch.no_grad()
+def dead_outputs(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """How many of the network's outputs no path from the input reaches through kept weights, and of how many.
+
+    The network is made to count paths: kept weights become 1, pruned ones 0, other weights of prunable layers
+    1, biases 0, and norm layers pass their input through; fed an all-ones input, an output is 0 exactly when
+    every path to it crosses a pruned weight. Each layer's output is rescaled by its maximum, which keeps the
+    zeros and keeps deep networks' path counts from overflowing.
+    """
+    net = copy.deepcopy(model).eval().double()
+    params = dict(net.named_parameters())
+    hooks = []
+    for module in net.modules():
+        if isinstance(module, PRUNABLE_LAYERS):
+            module.weight.fill_(1.0)
+            if module.bias is not None:
+                module.bias.zero_()
+            hooks.append(module.register_forward_hook(lambda m, i, out: out / out.abs().max().clamp_min(1e-300)))
+        elif isinstance(module, _NORMS):
+            hooks.append(module.register_forward_hook(lambda m, i, out: i[0]))
+    for name, m in mask.items():
+        if name.endswith("weight") and isinstance(_owner(net, name), PRUNABLE_LAYERS):
+            params[name].copy_(m.to(params[name].dtype))
+    device = next(iter(params.values())).device
+    out = net(torch.ones(1, *input_shape, dtype=torch.float64, device=device))
+    for h in hooks:
+        h.remove()
+    return int((out.flatten() == 0).sum()), out.numel()
+
+
+def _owner(model: nn.Module, param_name: str) -> nn.Module:
+    module_name = param_name.rpartition(".")[0]
+    return model.get_submodule(module_name) if module_name else model
+
+
+def collapse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> list[str]:
+    """Layer collapse: layers with no weight left, and whether no path from the input reaches any output.
+    (Some outputs cut off while others are reached is not collapse: it happens at extreme sparsity by design.)"""
+    problems = [f"{n} has no weight left" for n, m in mask.items() if m.numel() and not bool(m.any())]
+    dead, outputs = dead_outputs(model, mask, input_shape)
+    if dead == outputs:
+        problems.append("no path from the input reaches any output")
+    return problems
+
+
+def density_table(mask: Mask) -> str:
+    """One line per masked parameter: kept / size and density."""
+    width = max((len(n) for n in mask), default=4)
+    lines = [f"{'layer':<{width}}  {'kept':>10}  {'size':>10}  density"]
+    for n, m in mask.items():
+        kept = int(m.sum())
+        lines.append(f"{n:<{width}}  {kept:>10}  {m.numel():>10}  {kept / max(m.numel(), 1):8.4%}")
+    lines.append(f"{'total':<{width}}  {count(mask):>10}  {size(mask):>10}  {density(mask):8.4%}")
+    return "\n".join(lines)

@@ -59,16 +59,24 @@ def read_json(path: Path) -> Any:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save a name -> tensor mapping as safetensors (bit-exact, no pickle)."""
+    """Save a name -> tensor mapping as safetensors (bit-exact, no pickle), remembering the mapping's order
+    (safetensors sorts its entries; the model's order reads better in tables)."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**(metadata or {}), "order": json.dumps(list(flat))}
     atomic_write_bytes(path, st_save(flat, metadata=metadata))
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     try:
-        tensors = st_load(Path(path).read_bytes())
+        blob = Path(path).read_bytes()
+        tensors = st_load(blob)
+        # the header: an 8-byte little-endian length, then JSON with the metadata under "__metadata__"
+        header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+        order = json.loads((header.get("__metadata__") or {}).get("order", "[]"))
     except Exception as e:  # noqa: BLE001 -- a damaged file of any kind
         raise TicketlabError(f"cannot read tensors from {path}: {e}") from None
+    if sorted(order) == sorted(tensors):
+        tensors = {k: tensors[k] for k in order}
     return {k: v.to(device) for k, v in tensors.items()}
 
 
