@@ -30,7 +30,7 @@ class CNN1d(nn.Module):
         return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(len(x), self.conv[0].in_channels, -1)  # (B, L) or (B, C, H, W) -> (B, C, L)
+        x = x.reshape(x.shape[0], self.conv[0].in_channels, -1)  # (B, L) or (B, C, H, W) -> (B, C, L)
         return self.fc(self._features(x))
 
 
