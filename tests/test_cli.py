@@ -128,6 +128,10 @@ def test_kill_minus_nine_then_resume_gives_the_uninterrupted_results(tmp_path):
         (["--lr", "nan"], "lr must be a finite number"),
         (["--widths", "-3"], "widths must be positive"),
         (["--baselines", "reinit,reinit"], "baselines names one twice"),
+        (["--at-init", "--criterion", "movement"], "same at initialisation"),
+        (["--layer-fractions", "fc.9.weight=0.1"], "not prunable"),
+        (["--keep-dense", "first,last", "--at-init", "--target-density", "0.01"], "cannot be reached"),
+        (["--units", "l1", "--criterion", "snip"], "leave --criterion at large_final"),
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(tmp_path, args, message):
@@ -212,3 +216,56 @@ def test_report_on_a_run_that_was_stopped_early(tmp_path):
     assert "random pruning" in out and len([line for line in out.splitlines() if line.strip().startswith("2 ")]) == 1
     proc = ticketlab("report", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "has no config.json" in proc.stderr
+
+
+def test_criteria_comparison_end_to_end_and_its_report(tmp_path):
+    out = tmp_path / "out"
+    args = ["--criteria", "large_final,random,synflow", "--densities", "0.5,0.1", "--rounds", "3"]
+    proc = ticketlab("criteria", *TINY, *args, "--out", str(out), check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("dense network: ")
+    table = {ln.split()[0]: ln.split()[1:] for ln in lines[2:7]}
+    assert table["criterion"] == ["mode", "50%", "10%"]
+    assert table["large_final"][0] == "one-shot" and table["synflow"][0] == "at-init"
+    where = next(out.glob("criteria-*"))
+    rows = read_csv(where / "criteria.csv")
+    assert {(r["criterion"], r["target_density"]) for r in rows if r["criterion"] != "dense"} == {
+        (c, d) for c in ("large_final", "random", "synflow") for d in ("0.5", "0.1")
+    }
+    assert all(abs(float(r["density"]) - float(r["target_density"])) < 1e-3 for r in rows)
+    assert (where / "criteria.png").stat().st_size > 10_000
+    # rerunning resumes: every run is complete, so nothing trains again and the table is the same
+    again = ticketlab("criteria", *TINY, *args, "--out", str(out), check=True)
+    assert again.stdout == proc.stdout and "test acc" not in again.stderr
+    report = ticketlab("report", str(where), check=True)
+    assert report.stdout.splitlines()[:7] == lines[:7]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--criteria", "magnitude"], "unknown criteria"),
+        (["--densities", "0.1,x"], "cannot read"),
+        (["--densities", "1.5"], "densities must be in (0, 1)"),
+        (["--criteria", "movement", "--mode", "at-init"], "cannot prune at init"),
+    ],
+)
+def test_criteria_bad_input(tmp_path, args, message):
+    proc = ticketlab("criteria", *TINY, *args, "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_a_structured_ticket_from_the_command_line(tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    ticketlab("imp", *TINY, "--units", "l2", "--baselines", "", "--out", str(out), check=True)
+    run = next(out.glob("mlp-*"))
+    proc = ticketlab("export", str(run), "--level", "2", check=True)
+    assert proc.stdout.startswith(f"exported {run / 'ticket-level-2.pt2'}: ")
+    program = torch.export.load(run / "ticket-level-2.pt2").module()
+    shapes = {n: tuple(p.shape) for n, p in program.named_parameters()}
+    assert shapes["fc.0.weight"][0] == 4 and shapes["fc.1.weight"] == (2, 4)  # 16 -> 4 and 8 -> 2 neurons
+    missing = ticketlab("export", str(run), "--level", "5")
+    assert missing.returncode == 2 and "has not finished" in missing.stderr and "Traceback" not in missing.stderr

@@ -91,6 +91,13 @@ def test_every_preset_is_a_valid_config():
         ("model", {"dropout": 1.0}, "dropout must be in"),
         ("model", {"norm": "instance"}, "not one of"),
         ("train", {"precision": "fp16"}, "not one of"),
+        ("prune", {"layer_fractions": ("fc.0.weight",)}, "write NAME=FRACTION"),
+        ("prune", {"layer_fractions": ("fc.0.weight=1.5",)}, "write NAME=FRACTION"),
+        ("prune", {"keep_dense": ("middle",)}, "not one of"),
+        ("prune", {"rounds": -1}, "rounds must be >= 0"),
+        ("prune", {"units": "l1", "strategy": "erk"}, "not by ERK"),
+        ("train", {"slimming": -1e-4}, "slimming must be >= 0"),
+        ("imp", {"at_init": True, "one_shot": True}, "choose one of"),
     ],
 )
 def test_model_and_pruning_fields_are_validated(section, values, message):
@@ -109,3 +116,9 @@ def test_run_hash_is_stable_across_versions():
     assert C.ExperimentConfig().run_hash() == "23974710c9"
     assert C.ExperimentConfig().replace(model={"width": 0.5}).run_hash() != "23974710c9"
     assert C.ExperimentConfig().replace(train={"channels_last": True}).run_hash() != "23974710c9"
+
+
+def test_layer_fractions_parse_to_a_mapping():
+    cfg = C.from_dict({"prune": {"layer_fractions": "fc.0.weight=0.1, fc.2.weight=0"}})
+    assert cfg.prune.overrides() == {"fc.0.weight": 0.1, "fc.2.weight": 0.0}
+    assert C.from_dict({"imp": {"at_init": True, "target_density": 0.1}}).imp.target_density == 0.1

@@ -3,9 +3,11 @@ import torch
 from conftest import tiny_config
 
 from ticketlab import masks as M
-from ticketlab.data import load_dataset
+from ticketlab.data import batches, load_dataset
 from ticketlab.errors import TicketlabError
-from ticketlab.imp import load_ticket, registry_problem, run_imp
+from ticketlab.imp import derive_seed, load_ticket, registry_problem, run_imp
+from ticketlab.pruning import keep_counts, prune_to
+from ticketlab.scores import WITH_MODEL, Examples
 from ticketlab.store import JobDir, RunLock, load_tensors, read_csv
 
 
@@ -190,3 +192,122 @@ def test_taking_the_lock_sweeps_temporaries_a_killed_writer_left(tmp_path):
     with RunLock(tmp_path):
         pass
     assert not stale.exists() and kept.exists()
+
+
+def test_pruning_at_init_scores_the_rewind_point_and_prunes_each_level_from_dense(data, tmp_path):
+    cfg = tiny_config(prune={"criterion": "snip"}, imp={"at_init": True, "levels": 2, "baselines": ("random_prune",)})
+    _run(cfg, data, tmp_path)
+    masks = _masks(tmp_path, range(3))
+    for level in (1, 2):
+        for name, m in masks[0].items():
+            frac = 0.25 if name == "fc.2.weight" else 0.5
+            assert int(masks[level][name].sum()) == m.numel() - round((1 - (1 - frac) ** level) * m.numel())
+    # the mask is SNIP's at theta_0 (no training seen), whatever level 0's training did
+    problem = registry_problem(cfg, data)
+    model = problem.init_model(0)
+    full = {n: torch.ones_like(m) for n, m in masks[0].items()}
+    seed = derive_seed(0, 0, 1)
+    examples = Examples(data.input_shape, lambda: ((x, y) for _, x, y in batches(data.train, 50, seed, 0, 1)))
+    scores = WITH_MODEL["snip"](model, full, examples)
+    counts = keep_counts([((n,), 0.25 if n == "fc.2.weight" else 0.5) for n in full], full)
+    assert all(torch.equal(prune_to(scores, full, counts)[n], masks[1][n]) for n in full)
+
+
+def test_synflow_at_init_to_a_target_density_with_rounds(data, tmp_path):
+    cfg = tiny_config(
+        prune={"criterion": "synflow", "rounds": 5, "strategy": "global", "output_fraction": None},
+        imp={"at_init": True, "target_density": 0.02, "baselines": ()},
+    )
+    rows = _run(cfg, data, tmp_path)
+    mask = _masks(tmp_path, [1])[0]
+    assert M.count(mask) == M.size(mask) - round(0.98 * M.size(mask))
+    assert [r["level"] for r in rows] == [0, 1]
+    assert M.collapse(registry_problem(cfg, data).init_model(0), mask, data.input_shape) == []
+
+
+def test_at_init_refuses_criteria_that_need_training_before_writing_anything(data, tmp_path):
+    cfg = tiny_config(prune={"criterion": "movement"}, imp={"at_init": True})
+    with pytest.raises(TicketlabError, match="same at initialisation"):
+        _run(cfg, data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_erk_and_dense_first_layer_in_imp(data, tmp_path):
+    cfg = tiny_config(prune={"strategy": "erk", "keep_dense": ("first",)}, imp={"levels": 2})
+    rows = _run(cfg, data, tmp_path)
+    masks = _masks(tmp_path, range(3))
+    assert all(bool(m["fc.0.weight"].all()) for m in masks)  # kept dense, and counted in the density
+    # fc.1 is the only ERK layer (fc.0 dense, fc.2 at its output rate): it keeps exactly 0.5 ** level
+    assert [int(m["fc.1.weight"].sum()) for m in masks] == [512, 256, 128]
+    ticket = next(r for r in rows if r["level"] == 2 and r["branch"] == "ticket")
+    assert ticket["density"] == M.density(masks[2]) > M.count(masks[2]) / (M.size(masks[2]) + 1)
+    rand = M.load_mask(JobDir(tmp_path, 0, 2, "random_prune").file("mask.safetensors"))
+    assert all(int(rand[n].sum()) == int(masks[2][n].sum()) for n in rand)  # ERK: the ticket's count per layer
+
+
+def test_layer_collapse_warns_or_refuses_with_a_density_table(data, tmp_path, capsys):
+    cfg = tiny_config(prune={"layer_fractions": ("fc.1.weight=1",)}, imp={"levels": 1, "baselines": ()})
+    _run(cfg, data, tmp_path / "warn")
+    err = capsys.readouterr().err
+    assert "layer collapse at replicate 0 level 1: fc.1.weight has no weight left" in err
+    assert "no path from the input reaches any output" in err and "fc.1.weight" in err
+    refuse = tiny_config(
+        prune={"layer_fractions": ("fc.1.weight=1",), "on_collapse": "refuse"}, imp={"levels": 1, "baselines": ()}
+    )
+    with pytest.raises(TicketlabError, match="layer collapse"):
+        _run(refuse, data, tmp_path / "refuse")
+    assert not (JobDir(tmp_path / "refuse", 0, 1, "ticket").path.parent / "mask.safetensors").exists()
+
+
+def _alive_counts(mask, layers):
+    return [int(mask[f"{n}.weight"].reshape(mask[f"{n}.weight"].shape[0], -1).any(1).sum()) for n in layers]
+
+
+def test_structured_levels_remove_whole_neurons_exactly_and_export_to_a_smaller_equal_model(data, tmp_path):
+    from ticketlab.export import export_ticket
+    from ticketlab.structure import load_exported
+
+    cfg = tiny_config(prune={"units": "l1"}, imp={"levels": 2})
+    _run(cfg, data, tmp_path)
+    masks = _masks(tmp_path, range(3))
+    # hidden layers fc.0 (32) and fc.1 (16) lose half their neurons per level; the output layer is no unit
+    assert [_alive_counts(m, ["fc.0", "fc.1"]) for m in masks] == [[32, 16], [16, 8], [8, 4]]
+    m = masks[2]
+    dead = ~m["fc.0.weight"].any(1)
+    assert torch.equal(m["fc.0.bias"], ~dead)  # a dead neuron's bias goes with it
+    assert not m["fc.1.weight"][:, dead].any()  # and so do the weights that read it
+    final = load_tensors(JobDir(tmp_path, 0, 2, "ticket").file("final.safetensors"))
+    assert all(bool((final[n][~m[n]] == 0).all()) for n in m)  # pruned biases stayed zero through training
+    rand = M.load_mask(JobDir(tmp_path, 0, 2, "random_prune").file("mask.safetensors"))
+    assert _alive_counts(rand, ["fc.0", "fc.1"]) == [8, 4] and not torch.equal(rand["fc.0.bias"], m["fc.0.bias"])
+    assert M.count(rand) == M.count(m)  # random neurons, as many per layer: the same weights left
+
+    info = export_ticket(tmp_path, 2, tmp_path / "t.pt2")
+    assert info["params_after"] == 8 * data.input_shape[0] + 8 + 4 * 8 + 4 + 10 * 4 + 10
+    assert info["max_diff"] < 1e-5
+    model = registry_problem(cfg, data).init_model(0)
+    model.load_state_dict(final)
+    x = data.test.inputs(slice(0, 64))
+    with torch.no_grad():
+        assert torch.allclose(load_exported(tmp_path / "t.pt2")(x), model.eval()(x), atol=1e-5)
+
+
+def test_network_slimming_prunes_filters_by_batchnorm_scale_under_one_threshold(tmp_path):
+    images = load_dataset("synthetic-images")
+    cfg = tiny_config(
+        data={"dataset": "synthetic-images"},
+        model={"model": "conv_2", "widths": (), "width": 0.125, "norm": "batch"},
+        train={"slimming": 1e-3, "steps": "20it"},
+        prune={"units": "bn", "strategy": "global", "fraction": 0.5, "output_fraction": None},
+        imp={"levels": 1, "baselines": ()},
+    )
+    _run(cfg, images, tmp_path)
+    trained = load_tensors(JobDir(tmp_path, 0, 0, "ticket").file("final.safetensors"))
+    mask = _masks(tmp_path, [1])[0]
+    # the units are the two convs' filters (8 each; the fc layers have no BatchNorm): 16 -> 8, by |gamma|
+    gamma = torch.cat([trained["features.1.weight"], trained["features.4.weight"]]).abs()
+    kept = torch.cat([mask["features.1.weight"], mask["features.4.weight"]])
+    assert int(kept.sum()) == 8 and float(gamma[kept].min()) > float(gamma[~kept].max())
+    assert torch.equal(mask["features.0.weight"].flatten(1).any(1), mask["features.1.weight"])
+    assert torch.equal(mask["features.1.bias"], mask["features.1.weight"])
+    assert bool(mask["fc.0.weight"].any(0).sum() < 2048)  # the fc inputs that read pruned filters went too

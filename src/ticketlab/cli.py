@@ -33,18 +33,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(flag, metavar=f.name.upper(), **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ticketlab", description="Find, train and study lottery tickets (sparse trainable subnetworks)."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser(
-        "imp",
-        help="iterative magnitude pruning with rewinding, and baselines",
-        description="Train, prune, rewind and retrain level after level, beside the random re-init and random "
-        f"pruning baselines. With no flags: the default MNIST-1D experiment (preset {C.DEFAULT_PRESET}, whose "
-        "values the defaults below show; a --preset or --config replaces them).",
-    )
+def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help=f"named config (see `ticketlab presets`); default {C.DEFAULT_PRESET}")
     p.add_argument("--config", help="YAML or JSON file with sections data/model/train/prune/imp")
     p.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
@@ -61,7 +50,57 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("final_test_acc", "best_test_acc"),
         help="accuracy shown in the table and plot (default: final_test_acc)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ticketlab", description="Find, train and study lottery tickets (sparse trainable subnetworks)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser(
+        "imp",
+        help="iterative magnitude pruning with rewinding, and baselines",
+        description="Train, prune, rewind and retrain level after level, beside the random re-init and random "
+        f"pruning baselines. With no flags: the default MNIST-1D experiment (preset {C.DEFAULT_PRESET}, whose "
+        "values the defaults below show; a --preset or --config replaces them).",
+    )
+    _run_flags(p)
     _add_config_flags(p)
+    c = sub.add_parser(
+        "criteria",
+        help="compare pruning criteria: each pruned once to a few densities, then trained",
+        description="Prune with each criterion straight to each density and train the result: snip, grasp and "
+        "synflow at initialisation, the after-training criteria from the trained dense network (one-shot, "
+        "rewound). Each pair is an ordinary resumable run; the comparison's table and plot go in its own "
+        "directory. Config flags as for `imp`.",
+    )
+    _run_flags(c)
+    c.add_argument("--criteria", default="all", help="comma-separated criteria, or all (default: all)")
+    c.add_argument("--densities", default="0.2,0.05,0.01", help="comma-separated densities (default: 0.2,0.05,0.01)")
+    c.add_argument(
+        "--mode",
+        default="auto",
+        choices=("auto", "at-init", "one-shot"),
+        help="auto: snip/grasp/synflow at init, the others one-shot after training (default: auto)",
+    )
+    _add_config_flags(c)
+    e = sub.add_parser(
+        "export",
+        help="save a structured ticket as a smaller dense model (torch.export .pt2)",
+        description="Remove the neurons and filters a ticket pruned and save the smaller network with "
+        "torch.export; its outputs equal the masked network's (checked on test inputs before saving). "
+        "Load it with torch.export.load(PATH).module().",
+    )
+    e.add_argument("run_dir")
+    e.add_argument("--level", type=int, required=True, help="the level whose ticket to export")
+    e.add_argument("--replicate", type=int, default=0)
+    e.add_argument(
+        "--weights",
+        default="final",
+        choices=("final", "rewound"),
+        help="final: the ticket as trained; rewound: the weights it trains from (default: final)",
+    )
+    e.add_argument("--out", help="the .pt2 file (default: RUN_DIR/ticket-level-N.pt2)")
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -97,6 +136,38 @@ def _imp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _criteria(args: argparse.Namespace) -> int:
+    from ticketlab import comparison
+
+    cfg = config_from_args(args)
+    criteria = list(C.CRITERIA) if args.criteria == "all" else [c.strip() for c in args.criteria.split(",") if c]
+    try:
+        densities = [float(d) for d in args.densities.split(",") if d.strip()]
+    except ValueError:
+        raise TicketlabError(f"--densities: cannot read {args.densities!r}; write e.g. 0.2,0.05,0.01") from None
+    comparison.configs(cfg, criteria, densities, args.mode)  # every check, before the first run starts
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    where, rows = comparison.compare(
+        cfg, criteria, densities, mode=args.mode, out=args.out, device=args.device, progress=progress
+    )
+    print(comparison.table(rows, args.metric))
+    print(f"\ncomparison: {where / 'criteria.csv'}\nplot: {where / 'criteria.png'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ticketlab.export import export_ticket
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / f"ticket-level-{args.level}.pt2"
+    info = export_ticket(Path(args.run_dir), args.level, out, replicate=args.replicate, weights=args.weights)
+    print(
+        f"exported {out}: {info['params_after']:,} parameters (masked network: {info['params_before']:,}, "
+        f"{info['nonzero']:,} of them nonzero); largest output difference on {info['checked']} test inputs: "
+        f"{info['max_diff']:.2e}"
+    )
+    return 0
+
+
 def _listing(items: dict[str, str]) -> None:
     """One line per name, descriptions aligned."""
     width = max(map(len, items)) + 2
@@ -110,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "imp":
             return _imp(args)
+        if args.command == "criteria":
+            return _criteria(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "presets":
             _listing({name: desc for name, (desc, _) in C.PRESETS.items()})
             return 0

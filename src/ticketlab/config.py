@@ -39,7 +39,7 @@ def _check_fraction(name: str, value: float | None) -> None:
         raise TicketlabError(f"{name} must be in (0, 1], got {value}")
 
 
-# ticketlab.scores.AFTER_TRAINING holds these (a test keeps the two in step; config stays free of torch)
+# ticketlab.scores.AFTER_TRAINING and WITH_MODEL hold these (a test keeps them in step; config stays free of torch)
 CRITERIA = (
     "large_final",
     "small_final",
@@ -52,6 +52,9 @@ CRITERIA = (
     "large_final_same_sign",
     "large_final_diff_sign",
     "random",
+    "snip",
+    "grasp",
+    "synflow",
 )
 
 
@@ -137,6 +140,11 @@ class TrainConfig:
     channels_last: bool = _f(
         False, "image batches and conv weights in channels-last layout (faster convs on GPUs, and on CPUs)", since=2
     )
+    slimming: float = _f(
+        0.0,
+        "network slimming (Liu et al. 2017): L1 penalty on BatchNorm scale factors, e.g. 1e-4; pair with --units bn",
+        since=2,
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "warmup", "eval_every", *()):
@@ -156,23 +164,34 @@ class TrainConfig:
             raise TicketlabError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if Step.parse(self.eval_every).value == 0:
             raise TicketlabError("eval_every must be at least 1it")
+        _check_finite(slimming=self.slimming)
+        if self.slimming < 0:
+            raise TicketlabError(f"slimming must be >= 0, got {self.slimming}")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     strategy: str = _f(
         "layerwise",
-        "layerwise: each layer loses its own fraction; global: one threshold",
-        choices=("layerwise", "global"),
+        "layerwise: each layer loses its own fraction; global: one threshold; erk: layer densities by the "
+        "Erdos-Renyi-Kernel rule (Evci et al. 2020)",
+        choices=("layerwise", "global", "erk"),
     )
     fraction: float = _f(0.25, "fraction of the remaining prunable weights removed per level")
     criterion: str = _f(
         "large_final",
-        "which weights to keep, scored from the level's start (theta_k) and end weights (Zhou et al. 2019); "
-        "large_final is magnitude pruning",
+        "which weights to keep: after training, from the level's start (theta_k) and end weights (Zhou et al. "
+        "2019; large_final is magnitude pruning), or snip / grasp / synflow, scored on the network",
         choices=CRITERIA,
         since=2,
     )
+    rounds: int = _f(
+        0,
+        "prune-and-rescore rounds per pruning step, on an exponential schedule; 0: the criterion's own "
+        "(synflow 100, others 1)",
+        since=2,
+    )
+    score_batches: int = _f(1, "training batches snip and grasp read to score the weights", since=2)
     conv_fraction: float | None = _f(
         None,
         "conv layers' own fraction per level (paper's Conv-2/4/6: 0.1 or 0.15); unset: same as --fraction",
@@ -181,6 +200,26 @@ class PruneConfig:
     output_fraction: float | None = _f(
         None, "the output layer's own fraction per level (paper: 0.1); unset: same as --fraction"
     )
+    layer_fractions: tuple[str, ...] = _f(
+        (), "per-layer fractions per level, e.g. fc.0.weight=0.1,fc.2.weight=0 (0 keeps a layer dense)", since=2
+    )
+    keep_dense: tuple[str, ...] = _f(
+        (), "layers never pruned but counted in the density: first, last", choices=("first", "last"), since=2
+    )
+    on_collapse: str = _f(
+        "warn",
+        "when a mask leaves a layer empty or cuts every path from input to output: warn, or refuse (stop)",
+        hash=False,
+        choices=("warn", "refuse"),
+        since=2,
+    )
+    units: str = _f(
+        "none",
+        "structured pruning: remove whole neurons / conv filters instead of weights, scored by the L1 or L2 norm "
+        "of their weights or by their BatchNorm scale (bn, network slimming); none: prune weights",
+        choices=("none", "l1", "l2", "bn"),
+        since=2,
+    )
     ignore: tuple[str, ...] = _f((), "parameter names (or module-name prefixes) never pruned, e.g. fc.0.weight")
     prune_biases: bool = _f(False, "also prune biases of linear/conv layers")
 
@@ -188,6 +227,30 @@ class PruneConfig:
         _check_fraction("fraction", self.fraction)
         _check_fraction("conv_fraction", self.conv_fraction)
         _check_fraction("output_fraction", self.output_fraction)
+        self.overrides()
+        if self.rounds < 0:
+            raise TicketlabError(f"rounds must be >= 0 (0: the criterion's own), got {self.rounds}")
+        if self.score_batches < 1:
+            raise TicketlabError(f"score_batches must be >= 1, got {self.score_batches}")
+        if self.units != "none" and self.strategy == "erk":
+            raise TicketlabError("structured pruning (--units) prunes neurons layerwise or globally, not by ERK")
+
+    def overrides(self) -> dict[str, float]:
+        """``layer_fractions`` as a mapping from parameter name to its fraction per level."""
+        out: dict[str, float] = {}
+        for item in self.layer_fractions:
+            name, sep, value = item.partition("=")
+            try:
+                fraction = float(value)
+            except ValueError:
+                fraction = math.nan
+            if not sep or not name or not 0.0 <= fraction <= 1.0:
+                raise TicketlabError(
+                    f"layer_fractions: cannot read {item!r}; write NAME=FRACTION with a fraction in [0, 1], "
+                    "e.g. fc.0.weight=0.1"
+                )
+            out[name.strip()] = fraction
+        return out
 
 
 @dataclass(frozen=True)
@@ -197,8 +260,14 @@ class ImpConfig:
     one_shot: bool = _f(
         False, "prune each level straight from the dense network's trained weights instead of iteratively"
     )
+    at_init: bool = _f(
+        False,
+        "pruning at initialisation: score the network at the rewind point, before any training, and prune each "
+        "level straight from it (SNIP, GraSP, SynFlow, magnitude at init)",
+        since=2,
+    )
     target_density: float | None = _f(
-        None, "one-shot only: prune once, straight to this overall density (overrides --levels)"
+        None, "one-shot or at-init only: prune once, straight to this overall density (overrides --levels)"
     )
     baselines: tuple[str, ...] = _f(
         ("reinit", "random_prune"),
@@ -214,8 +283,10 @@ class ImpConfig:
         if len(set(self.baselines)) != len(self.baselines):
             raise TicketlabError(f"baselines names one twice: {','.join(self.baselines)}")
         _check_fraction("target_density", self.target_density)
-        if self.target_density is not None and not self.one_shot:
-            raise TicketlabError("target_density needs --one-shot")
+        if self.target_density is not None and not (self.one_shot or self.at_init):
+            raise TicketlabError("target_density needs --one-shot or --at-init")
+        if self.one_shot and self.at_init:
+            raise TicketlabError("choose one of --one-shot (prune the trained network) and --at-init (before training)")
         if self.levels < 0:
             raise TicketlabError(f"levels must be >= 0, got {self.levels}")
         if self.replicates < 1:

@@ -25,9 +25,19 @@ from torch import nn
 from ticketlab import masks as M
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import Dataset, iterations_per_epoch
+from ticketlab.data import batches as batch_iter
 from ticketlab.errors import TicketlabError
-from ticketlab.pruning import Group, compound, one_shot_groups, plan_groups, prune, random_mask
-from ticketlab.scores import after_training
+from ticketlab.pruning import (
+    Group,
+    at_level,
+    compound,
+    one_shot_groups,
+    plan_groups,
+    prune,
+    prune_in_rounds,
+    random_mask,
+)
+from ticketlab.scores import NEED_TRAINING, ROUNDS, WITH_MODEL, Examples, after_training
 from ticketlab.steps import Step
 from ticketlab.store import (
     JobDir,
@@ -135,6 +145,11 @@ def _check_identity(run_dir: Path, config: ExperimentConfig, problem: Problem) -
         )
 
 
+def from_full(config: ExperimentConfig) -> bool:
+    """Whether each level prunes the dense network (one-shot, at init) rather than the previous level's ticket."""
+    return config.imp.one_shot or config.imp.at_init
+
+
 def level_count(config: ExperimentConfig) -> int:
     return 1 if config.imp.target_density is not None else config.imp.levels
 
@@ -142,26 +157,59 @@ def level_count(config: ExperimentConfig) -> int:
 @dataclass(frozen=True)
 class _Plan:
     names: list[str]  # prunable parameters
-    groups: list[Group]  # layers pruned under one threshold, and their fraction per level
+    groups: list[Group]  # layers (units, with --units) pruned together, and their fraction per level
     k: int  # rewind iteration
     total: int  # training iterations per level
+    units: list | None  # the neuron / filter layers, when pruning is structured
 
 
 def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
     model = problem.init_model(0)
-    names = M.prunable_names(model, prune_biases=cfg.prune.prune_biases, ignore=cfg.prune.ignore)
+    p = cfg.prune
+    names = M.prunable_names(model, prune_biases=p.prune_biases, ignore=p.ignore)
     if not names:
         raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
-    p = cfg.prune
+    if cfg.imp.at_init and p.criterion in NEED_TRAINING:
+        raise TicketlabError(
+            f"criterion {p.criterion} compares the weights before and after training, which are the same at "
+            "initialisation; use it without --at-init (iterative, or --one-shot), or pick another criterion"
+        )
+    overrides = p.overrides()
+    output = M.output_layer_name(model)
+    for which, layer in (("first", names[0]), ("last", output)):
+        if which in p.keep_dense and layer in names:
+            overrides.setdefault(layer, 0.0)
+    units = None
+    pruned = names
+    if p.units != "none":
+        from ticketlab.structure import find_units
+
+        if p.criterion != "large_final":
+            raise TicketlabError(f"--units {p.units} scores whole neurons itself; leave --criterion at large_final")
+        units = find_units(model, problem.data.input_shape)
+        if p.units == "bn":  # network slimming scores the layers that have a BatchNorm
+            units = [u for u in units if u.norm is not None]
+        pruned = [f"{u.layer}.weight" for u in units if f"{u.layer}.weight" in names]
+        if not pruned:
+            raise TicketlabError(
+                "structured pruning found no layer whose neurons or filters can be removed (a layer qualifies when "
+                "its outputs reach only other linear/conv layers, through activations, pooling and BatchNorm"
+                + (", and --units bn needs a BatchNorm after it)" if p.units == "bn" else ")")
+            )
+        units = [u for u in units if f"{u.layer}.weight" in pruned]
     groups = plan_groups(
-        names,
+        pruned,
         kinds=M.layer_kinds(model),
-        output_name=M.output_layer_name(model),
+        output_name=output,
         strategy=p.strategy,
         fraction=p.fraction,
         conv_fraction=p.conv_fraction,
         output_fraction=p.output_fraction,
+        overrides={n: f for n, f in overrides.items() if n in pruned} if units else overrides,
     )
+    if cfg.imp.target_density is not None:  # an unreachable target is the user's to fix, before anything runs
+        sizes = dict(zip(pruned, (u.count for u in units))) if units else {n: _numel(model, n) for n in names}
+        one_shot_groups(groups, sizes, cfg.imp.target_density)
     per_epoch = iterations_per_epoch(len(problem.data.train), cfg.train.batch_size)
     k = Step.parse(cfg.imp.rewind).iterations(per_epoch)
     total = Step.parse(cfg.train.steps).iterations(per_epoch)
@@ -171,20 +219,24 @@ def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
         raise TicketlabError(
             f"rewind point {cfg.imp.rewind} ({k} it) must come before the end of training ({total} it)"
         )
-    return _Plan(names, groups, k, total)
+    return _Plan(names, groups, k, total, units)
+
+
+def _numel(model: nn.Module, name: str) -> int:
+    return dict(model.named_parameters())[name].numel()
 
 
 def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir: Path, r: int, bars) -> None:
     data, seed = problem.data, cfg.imp.seed
     data_seed = derive_seed(seed, r, "data")
     model = problem.init_model(r)
-    names, k = plan.names, plan.k
+    k = plan.k
 
     # Level 0: the dense network, saving theta_0 and theta_k.
     dense = JobDir(run_dir, r, 0, "ticket")
     level0 = dense.path.parent
     if not dense.done:
-        full = M.full_mask(model, names)
+        full = _full_mask(model, plan)
         save_tensors(level0 / "init.safetensors", _state(model))
         M.save_mask(level0 / "mask.safetensors", full)
         result = _train_job(
@@ -210,7 +262,8 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
         if mask_path.exists():
             new_mask = M.load_mask(mask_path, device)
         else:
-            new_mask = _next_mask(cfg, run_dir, r, level, mask, plan.groups, rewind_state, device)
+            new_mask = _next_mask(cfg, problem, plan, run_dir, r, level, mask, rewind_state)
+            _check_collapse(cfg, problem, new_mask, f"replicate {r} level {level}")
             M.save_mask(mask_path, new_mask)
         mask = new_mask
 
@@ -229,9 +282,7 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
             if branch == "reinit":
                 model, bmask = problem.fresh_model(derive_seed(seed, r, level, "reinit")), mask
             else:
-                # the ticket's density per group: per layer (layerwise), per shared threshold (global)
-                pools = [members for members, _ in plan.groups]
-                bmask = random_mask(mask, derive_seed(seed, r, level, "random_prune"), pools)
+                bmask = _random_baseline(plan, problem, mask, derive_seed(seed, r, level, "random_prune"))
                 M.save_mask(job.file("mask.safetensors"), bmask)
                 model = problem.init_model(r)
                 model.load_state_dict(rewind_state)
@@ -239,27 +290,97 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
             _finish(job, model, bmask, _train_job(model, data, cfg, bmask, data_seed, k, bars, job))
 
 
-def _next_mask(cfg, run_dir, r, level, mask, groups: list[Group], start_state, device) -> M.Mask:
-    """The mask of ``level``: prune the previous ticket (iterative) or the dense network (one-shot).
+def _full_mask(model: nn.Module, plan: _Plan) -> M.Mask:
+    full = M.full_mask(model, plan.names)
+    if plan.units is None:
+        return full
+    from ticketlab.structure import alive_units, expand
 
-    The criterion scores the weights the pruned network ended with against those it started from (theta_k).
-    """
-    if cfg.imp.one_shot:
-        source = load_tensors(JobDir(run_dir, r, 0, "ticket").file("final.safetensors"), device)
-        base = {n: torch.ones_like(m) for n, m in mask.items()}
-        target = cfg.imp.target_density
-        if target is not None:
-            groups = one_shot_groups(groups, {n: m.numel() for n, m in mask.items()}, target)
-        else:
-            groups = [(g, compound(f, level)) for g, f in groups]
+    return expand(plan.units, alive_units(plan.units, full), model, full)  # with the units' biases and norms
+
+
+def _next_mask(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir, r, level, mask, start_state) -> M.Mask:
+    """The mask of ``level``: prune the previous ticket (iterative), or the dense network (one-shot: as trained;
+    at init: at the rewind point). After-training criteria score the weights the pruned network ended with
+    against those it started from (theta_k); the others score the network itself."""
+    device = start_state[next(iter(start_state))].device
+    if cfg.imp.at_init:
+        source = start_state
     else:
-        source = load_tensors(JobDir(run_dir, r, level - 1, "ticket").file("final.safetensors"), device)
-        base = mask
-    scores = after_training(cfg.prune.criterion, start_state, source, list(mask), derive_seed(cfg.imp.seed, r, level))
-    new = prune(scores, base, groups)
-    if not M.is_subset(new, mask if not cfg.imp.one_shot else base):
+        source_level = 0 if cfg.imp.one_shot else level - 1
+        source = load_tensors(JobDir(run_dir, r, source_level, "ticket").file("final.safetensors"), device)
+    model = problem.init_model(r)
+    model.load_state_dict(source)
+    base = {n: torch.ones_like(m) for n, m in mask.items()} if from_full(cfg) else mask
+    M.apply_mask(model, base)
+
+    sizes = {n: m.numel() for n, m in mask.items()}
+    if plan.units is not None:
+        sizes = {f"{u.layer}.weight": u.count for u in plan.units}
+    groups = plan.groups
+    if not from_full(cfg):
+        groups = at_level(groups, level)
+    elif cfg.imp.target_density is not None:
+        groups = one_shot_groups(groups, sizes, cfg.imp.target_density)
+    else:
+        groups = [Group(g.members, compound(g.fraction, level), g.erk) for g in groups]
+
+    seed = derive_seed(cfg.imp.seed, r, level)
+    if plan.units is not None:
+        from ticketlab.structure import alive_units, expand, unit_scores
+
+        scores = {f"{k}.weight": v for k, v in unit_scores(model, plan.units, cfg.prune.units, base).items()}
+        alive = {f"{k}.weight": v for k, v in alive_units(plan.units, base).items()}
+        kept = {k.removesuffix(".weight"): v for k, v in prune(scores, alive, groups).items()}
+        new = expand(plan.units, kept, model, base)
+    else:
+        criterion = cfg.prune.criterion
+        data = problem.data
+        bs = cfg.train.batch_size
+        examples = Examples(
+            data.input_shape,
+            lambda: ((x, y) for _, x, y in batch_iter(data.train, bs, seed, 0, cfg.prune.score_batches)),
+        )
+
+        def score(current: M.Mask) -> dict[str, torch.Tensor]:
+            if criterion in WITH_MODEL:
+                return WITH_MODEL[criterion](model, current, examples)
+            return after_training(criterion, start_state, source, list(current), seed)
+
+        new = prune_in_rounds(score, base, groups, cfg.prune.rounds or ROUNDS.get(criterion, 1))
+    if not M.is_subset(new, base):
         raise AssertionError("pruning must only remove weights")
     return new
+
+
+def _random_baseline(plan: _Plan, problem: Problem, mask: M.Mask, seed: int) -> M.Mask:
+    """A random mask at the ticket's densities: per pool of layers sharing a threshold (per layer for layerwise
+    and ERK), or, for structured tickets, random neurons/filters, as many per layer as the ticket keeps."""
+    if plan.units is None:
+        pools = [m for g in plan.groups for m in ([(n,) for n in g.members] if g.erk else [g.members])]
+        return random_mask(mask, seed, pools)
+    from ticketlab.structure import alive_units, expand
+
+    model = problem.init_model(0)
+    alive = alive_units(plan.units, mask)
+    pools = [tuple(n.removesuffix(".weight") for n in g.members) for g in plan.groups]
+    chosen = random_mask(alive, seed, pools)
+    full = _full_mask(model, plan)
+    return expand(plan.units, chosen, model, {n: m for n, m in full.items() if n in mask})
+
+
+def _check_collapse(cfg: ExperimentConfig, problem: Problem, mask: M.Mask, where: str) -> None:
+    """Layer collapse (a layer emptied, or outputs cut off from the input): warn, or refuse to go on."""
+    problems = M.collapse(problem.init_model(0), mask, problem.data.input_shape)
+    if not problems:
+        return
+    text = f"layer collapse at {where}: {'; '.join(problems)}\n{M.density_table(mask)}"
+    if cfg.prune.on_collapse == "refuse":
+        raise TicketlabError(
+            f"{text}\n(nothing was saved for this level; lower the sparsity, use --strategy "
+            "layerwise or erk, keep layers dense, or pass --on-collapse warn)"
+        )
+    print(f"ticketlab: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _train_job(model, data, cfg, mask, data_seed, start, bars, job: JobDir, save_at=None, on_save=None) -> TrainResult:

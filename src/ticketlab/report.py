@@ -107,12 +107,19 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_test_acc",
 
 
 def report(run_dir: Path, metric: str = "final_test_acc") -> tuple[str, Path]:
-    """Table and plot for a run directory, finished or not: rows come from the jobs that completed."""
+    """Table and plot for a run directory, finished or not (rows come from the jobs that completed), or for
+    a comparison of criteria."""
     from ticketlab.config import from_dict
     from ticketlab.errors import TicketlabError
     from ticketlab.imp import collect_results
 
     run_dir = Path(run_dir)
+    if (run_dir / "criteria.csv").exists():  # a comparison of criteria (`ticketlab criteria`)
+        from ticketlab import comparison
+        from ticketlab.store import read_csv
+
+        rows = read_csv(run_dir / "criteria.csv")
+        return comparison.table(rows, metric), comparison.plot(rows, run_dir / "criteria.png", metric)
     if not (run_dir / "config.json").exists():
         raise TicketlabError(f"{run_dir} has no config.json: is it a ticketlab run directory?")
     rows = collect_results(run_dir, from_dict(read_json(run_dir / "config.json")["config"]))

@@ -175,6 +175,8 @@ def train(
     eval_every = Step.parse(cfg.eval_every).iterations(per_epoch)
     masked = MaskedParams(model, mask)
     masked.mask_weights()
+    if cfg.slimming:
+        from ticketlab.structure import add_slimming_grad
     optimizer = make_optimizer(list(model.parameters()), cfg)
     metrics: list[dict[str, Any]] = []
     running, seen = torch.zeros((), device=data.train.x.device), 0
@@ -222,6 +224,8 @@ def train(
                 loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.slimming:
+                add_slimming_grad(model, cfg.slimming)
             masked.mask_grads()
             optimizer.step()
             masked.mask_weights()
