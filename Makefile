@@ -30,3 +30,4 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/augment_speed.py
+	$(PY) benchmarks/export_speed.py

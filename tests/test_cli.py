@@ -132,6 +132,8 @@ def test_kill_minus_nine_then_resume_gives_the_uninterrupted_results(tmp_path):
         (["--layer-fractions", "fc.9.weight=0.1"], "not prunable"),
         (["--keep-dense", "first,last", "--at-init", "--target-density", "0.01"], "cannot be reached"),
         (["--units", "l1", "--criterion", "snip"], "leave --criterion at large_final"),
+        (["--units", "l1", "--strategy", "global"], "--units l1 is layerwise"),
+        (["--units", "l1", "--layer-fractions", "fc.2.weight=0.1"], "cannot be pruned as units"),
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(tmp_path, args, message):
@@ -248,6 +250,7 @@ def test_criteria_comparison_end_to_end_and_its_report(tmp_path):
         (["--densities", "0.1,x"], "cannot read"),
         (["--densities", "1.5"], "densities must be in (0, 1)"),
         (["--criteria", "movement", "--mode", "at-init"], "cannot prune at init"),
+        (["--units", "l1"], "drop --units"),
     ],
 )
 def test_criteria_bad_input(tmp_path, args, message):

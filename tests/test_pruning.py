@@ -236,6 +236,9 @@ def test_collapse_detects_an_emptied_layer_and_a_cut_path():
     empty = dict(mask, **{"0.weight": torch.zeros(3, 4, dtype=torch.bool)})
     assert M.collapse(model, empty, (4,))[0] == "0.weight has no weight left"
     assert "0.weight" in M.density_table(empty) and "0.0000%" in M.density_table(empty)
+    # a bias (with --prune-biases) or a norm parameter emptied is no collapse: the weights still connect
+    biases = dict(mask, **{"5.bias": torch.zeros(2, dtype=torch.bool), "1.weight": torch.zeros(3, dtype=torch.bool)})
+    assert M.collapse(model, biases, (4,)) == []
 
 
 def test_collapse_sees_paths_through_residual_connections():

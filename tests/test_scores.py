@@ -183,3 +183,18 @@ def test_global_snip_collapses_a_layer_at_999_sparsity_and_synflow_keeps_every_l
     assert "fc.0.weight has no weight left" in M.collapse(model, masks["snip"], (1, 28, 28))
     assert M.collapse(model, masks["synflow"], (1, 28, 28)) == []
     assert M.dead_outputs(model, masks["synflow"], (1, 28, 28)) == (0, 10)
+
+
+def test_synflow_on_a_deep_resnet_ranks_scores_beyond_float32_without_collapse():
+    from ticketlab.models import create_model, initialize
+    from ticketlab.pruning import Group, prune_in_rounds
+
+    model = initialize(create_model("resnet56", (3, 8, 8), 10, width=0.25), "kaiming_normal", 0)
+    names = M.prunable_names(model)
+    full = M.full_mask(model, names)
+    scores = WITH_MODEL["synflow"](model, full, Examples((3, 8, 8), lambda: iter(())))
+    assert max(float(s.max()) for s in scores.values()) > torch.finfo(torch.float32).max  # the flow of 56 layers
+    examples = Examples((3, 8, 8), lambda: iter(()))
+    mask = prune_in_rounds(lambda m: WITH_MODEL["synflow"](model, m, examples), full, [Group(tuple(names), 0.9)], 10)
+    # ranked in float32, every score overflowed to inf and the first five conv layers were emptied
+    assert M.collapse(model, mask, (3, 8, 8)) == [] and M.dead_outputs(model, mask, (3, 8, 8)) == (0, 10)

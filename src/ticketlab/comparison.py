@@ -44,6 +44,8 @@ def configs(base: ExperimentConfig, criteria: list[str], densities: list[float],
         raise TicketlabError(f"unknown criteria {bad}; known: {', '.join(CRITERIA)}")
     if not criteria or not densities:
         raise TicketlabError("give at least one criterion and one density")
+    if base.prune.units != "none":
+        raise TicketlabError("ticketlab criteria compares weight-pruning criteria; drop --units")
     if any(not 0 < d < 1 for d in densities):
         raise TicketlabError(f"densities must be in (0, 1), got {densities}")
     out = []

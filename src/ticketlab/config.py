@@ -234,6 +234,13 @@ class PruneConfig:
             raise TicketlabError(f"score_batches must be >= 1, got {self.score_batches}")
         if self.units != "none" and self.strategy == "erk":
             raise TicketlabError("structured pruning (--units) prunes neurons layerwise or globally, not by ERK")
+        if self.units in ("l1", "l2") and self.strategy == "global":
+            raise TicketlabError(
+                f"--units {self.units} is layerwise (Li et al. 2016): weight norms grow with a layer's fan-in, so one "
+                "threshold over layers would empty the small ones; use --strategy layerwise, or --units bn"
+            )
+        if self.units != "none" and self.criterion != "large_final":
+            raise TicketlabError(f"--units {self.units} scores whole neurons itself; leave --criterion at large_final")
 
     def overrides(self) -> dict[str, float]:
         """``layer_fractions`` as a mapping from parameter name to its fraction per level."""

@@ -176,16 +176,11 @@ def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
         )
     overrides = p.overrides()
     output = M.output_layer_name(model)
-    for which, layer in (("first", names[0]), ("last", output)):
-        if which in p.keep_dense and layer in names:
-            overrides.setdefault(layer, 0.0)
     units = None
     pruned = names
     if p.units != "none":
         from ticketlab.structure import find_units
 
-        if p.criterion != "large_final":
-            raise TicketlabError(f"--units {p.units} scores whole neurons itself; leave --criterion at large_final")
         units = find_units(model, problem.data.input_shape)
         if p.units == "bn":  # network slimming scores the layers that have a BatchNorm
             units = [u for u in units if u.norm is not None]
@@ -197,6 +192,15 @@ def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
                 + (", and --units bn needs a BatchNorm after it)" if p.units == "bn" else ")")
             )
         units = [u for u in units if f"{u.layer}.weight" in pruned]
+        stray = sorted(set(overrides) - set(pruned))
+        if stray:
+            raise TicketlabError(
+                f"--layer-fractions names {stray}, whose neurons cannot be pruned as units; unit layers: {pruned}"
+            )
+    # the first / last layer kept dense (an explicit --layer-fractions for it wins); never-pruned layers need nothing
+    for which, layer in (("first", names[0]), ("last", output)):
+        if which in p.keep_dense and layer in pruned:
+            overrides.setdefault(layer, 0.0)
     groups = plan_groups(
         pruned,
         kinds=M.layer_kinds(model),
@@ -205,7 +209,7 @@ def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
         fraction=p.fraction,
         conv_fraction=p.conv_fraction,
         output_fraction=p.output_fraction,
-        overrides={n: f for n, f in overrides.items() if n in pruned} if units else overrides,
+        overrides=overrides,
     )
     if cfg.imp.target_density is not None:  # an unreachable target is the user's to fix, before anything runs
         sizes = dict(zip(pruned, (u.count for u in units))) if units else {n: _numel(model, n) for n in names}
@@ -363,7 +367,7 @@ def _random_baseline(plan: _Plan, problem: Problem, mask: M.Mask, seed: int) -> 
 
     model = problem.init_model(0)
     alive = alive_units(plan.units, mask)
-    pools = [tuple(n.removesuffix(".weight") for n in g.members) for g in plan.groups]
+    pools = [(u.layer,) for u in plan.units]  # as many per layer as the ticket keeps, global or not
     chosen = random_mask(alive, seed, pools)
     full = _full_mask(model, plan)
     return expand(plan.units, chosen, model, {n: m for n, m in full.items() if n in mask})

@@ -170,7 +170,8 @@ def _owner(model: nn.Module, param_name: str) -> nn.Module:
 def collapse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> list[str]:
     """Layer collapse: layers with no weight left, and whether no path from the input reaches any output.
     (Some outputs cut off while others are reached is not collapse: it happens at extreme sparsity by design.)"""
-    problems = [f"{n} has no weight left" for n, m in mask.items() if m.numel() and not bool(m.any())]
+    layers = [n for n in mask if n.endswith("weight") and isinstance(_owner(model, n), PRUNABLE_LAYERS)]
+    problems = [f"{n} has no weight left" for n in layers if mask[n].numel() and not bool(mask[n].any())]
     dead, outputs = dead_outputs(model, mask, input_shape)
     if dead == outputs:
         problems.append("no path from the input reaches any output")

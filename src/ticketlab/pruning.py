@@ -159,11 +159,12 @@ def keep_counts(groups: list[Group], mask: Mask) -> list[tuple[tuple[str, ...], 
 
 
 def _top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
-    """Bool mask of the ``keep`` highest scores among ``alive`` entries (flattened)."""
+    """Bool mask of the ``keep`` highest scores among ``alive`` entries (flattened), ranked in double precision
+    (SynFlow's scores on deep networks exceed float32's range)."""
     alive = alive.flatten()
-    lowest = torch.finfo(torch.float32).min
+    lowest = torch.finfo(torch.float64).min
     # Alive entries always rank above pruned ones, even with NaN or -inf scores, so the count is exact.
-    s = scores.flatten().float().nan_to_num(nan=lowest, neginf=lowest)
+    s = scores.flatten().double().nan_to_num(nan=lowest, neginf=lowest)
     s = torch.where(alive, s, torch.full_like(s, float("-inf")))
     out = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
     if keep > 0:
@@ -177,7 +178,7 @@ def prune_to(scores: dict[str, torch.Tensor], mask: Mask, counts: list[tuple[tup
     """Keep exactly ``keep`` weights in each pool of layers, the highest scores among those alive."""
     new = dict(mask)
     for members, keep in counts:
-        flat_s = torch.cat([scores[n].flatten().float() for n in members])
+        flat_s = torch.cat([scores[n].flatten().double() for n in members])
         flat_m = torch.cat([mask[n].flatten() for n in members])
         kept = _top(flat_s, flat_m, keep)
         for name, part in zip(members, torch.split(kept, [mask[n].numel() for n in members])):
