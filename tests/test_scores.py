@@ -65,7 +65,9 @@ def test_excluded_weights_go_first_but_counts_stay_exact():
     assert int(mask["w"].sum()) == 3 and mask["w"][0] and mask["w"][3]
 
 
-@pytest.mark.parametrize("criterion", ["small_final", "movement", "random", "large_final_diff_sign"])
+@pytest.mark.parametrize(
+    "criterion", ["small_final", "movement", "random", "large_final_diff_sign", "snip", "grasp", "synflow"]
+)
 def test_criteria_drive_imp_with_exact_shrinking_masks(criterion, tmp_path):
     data = load_dataset("synthetic")
     cfg = tiny_config(prune={"criterion": criterion}, imp={"levels": 2, "baselines": (), "rewind": "5it"})
