@@ -272,3 +272,17 @@ def test_export_a_structured_ticket_from_the_command_line(tmp_path):
     assert shapes["fc.0.weight"][0] == 4 and shapes["fc.1.weight"] == (2, 4)  # 16 -> 4 and 8 -> 2 neurons
     missing = ticketlab("export", str(run), "--level", "5")
     assert missing.returncode == 2 and "has not finished" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_branch_command_adds_rows_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    ticketlab("imp", *TINY, "--rewind", "10it", "--baselines", "", "--out", str(out), check=True)
+    run = next(out.glob("mlp-*"))
+    proc = ticketlab("branch", str(run), "perturb", "--noise", "0.3", "--levels", "1", check=True)
+    assert "perturb[noise=0.3]" in proc.stdout.splitlines()[1]
+    rows = read_csv(run / "results.csv")
+    assert [(r["level"], r["branch"]) for r in rows if r["branch"] != "ticket"] == [("1", "perturb[noise=0.3]")]
+    again = ticketlab("branch", str(run), "perturb", "--noise", "0.3", "--levels", "1", check=True)
+    assert "test acc" not in again.stderr and again.stdout == proc.stdout
+    bad = ticketlab("branch", str(run), "perturb", "--shuffle", "rows")
+    assert bad.returncode == 2 and "shuffle must be one of" in bad.stderr and "Traceback" not in bad.stderr

@@ -101,6 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="final: the ticket as trained; rewound: the weights it trains from (default: final)",
     )
     e.add_argument("--out", help="the .pt2 file (default: RUN_DIR/ticket-level-N.pt2)")
+    b = sub.add_parser(
+        "branch",
+        help="run a branch off finished levels of an IMP run (fine-tuning, LR rewinding, perturbations, ...)",
+        description="Ask a question of a finished IMP run without recomputing it: each branch starts from a "
+        "level's ticket, changes one thing, and trains with the trunk's data order and budget. Rows join the "
+        "run's results.csv (options in the branch name); running the same branch again does no work. Branches: "
+        "reinit, random_prune [--strategy trunk|layerwise|global], finetune (trained weights, final LR), "
+        "lr_rewind (trained weights, schedule replayed from k), partial_rewind --layers NAMES, "
+        "sign_only [--magnitudes constant|resample], perturb [--noise S] [--flip F] "
+        "[--shuffle global|layer|filter|sign].",
+    )
+    b.add_argument("run_dir")
+    b.add_argument("name", help="the branch")
+    b.add_argument("--levels", help="comma-separated levels (default: every finished level)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
+    for opt, what in (
+        ("--strategy", "random_prune: trunk (as the trunk pools layers), layerwise or global"),
+        ("--layers", "partial_rewind: parameter names or module prefixes rewound to theta_k"),
+        ("--magnitudes", "sign_only: constant (each layer's init std) or resample (a new init's)"),
+        ("--noise", "perturb: Gaussian noise, in units of each layer's std at initialisation"),
+        ("--flip", "perturb: fraction of kept weights whose sign is flipped"),
+        ("--shuffle", "perturb: shuffle kept values globally, within layer, filter, or same-sign group"),
+    ):
+        b.add_argument(opt, help=what)
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -155,6 +181,25 @@ def _criteria(args: argparse.Namespace) -> int:
     return 0
 
 
+def _branch(args: argparse.Namespace) -> int:
+    from ticketlab.branches import run_branch
+    from ticketlab.report import table
+
+    options = {k: getattr(args, k) for k in ("strategy", "layers", "magnitudes", "noise", "flip", "shuffle")}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
+    except ValueError:
+        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    rows = run_branch(
+        Path(args.run_dir), args.name, levels=levels, options=options, device=args.device, progress=progress
+    )
+    print(table(rows, args.metric))
+    print(f"\nresults: {Path(args.run_dir) / 'results.csv'}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from ticketlab.export import export_ticket
 
@@ -185,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             return _criteria(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "branch":
+            return _branch(args)
         if args.command == "presets":
             _listing({name: desc for name, (desc, _) in C.PRESETS.items()})
             return 0

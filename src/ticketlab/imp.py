@@ -422,14 +422,16 @@ def _train_job(model, data, cfg, mask, data_seed, start, bars, job: JobDir, save
     return result
 
 
-def _finish(job: JobDir, model: nn.Module, mask: M.Mask, result: TrainResult) -> None:
-    """Write a job's outputs; ``result.json`` last, so its presence means the job is complete."""
+def _finish(job: JobDir, model: nn.Module, mask: M.Mask, result: TrainResult, label: str = "", options=None) -> None:
+    """Write a job's outputs; ``result.json`` last, so its presence means the job is complete. ``label``: a
+    branch's name with its options, in place of the directory's name."""
     save_tensors(job.file("final.safetensors"), _state(model))
     atomic_write_text(job.file("metrics.jsonl"), "".join(json.dumps(row) + "\n" for row in result.metrics))
     summary = {
         "replicate": job.replicate,
         "level": job.level,
-        "branch": job.branch,
+        "branch": label or job.branch,
+        **({"options": options} if options is not None else {}),
         "density": M.density(mask),
         "layer_densities": M.layer_densities(mask),
         **result.summary(),
@@ -438,14 +440,22 @@ def _finish(job: JobDir, model: nn.Module, mask: M.Mask, result: TrainResult) ->
 
 
 def collect_results(run_dir: Path, config: ExperimentConfig) -> list[dict[str, Any]]:
-    """Rows of every completed job within the configured replicates, levels and baselines."""
+    """Rows of every completed job within the configured replicates and levels: the trunk (ticket and its
+    baselines) first, then any branches run off it (``ticketlab branch``), in name order."""
     rows = []
     for r in range(config.imp.replicates):
         for level in range(level_count(config) + 1):
-            for branch in ("ticket", *config.imp.baselines) if level else ("ticket",):
+            trunk = ("ticket", *config.imp.baselines) if level else ("ticket",)
+            level_dir = JobDir(run_dir, r, level, "ticket").path.parent
+            others = sorted(p.name for p in level_dir.iterdir() if p.is_dir()) if level_dir.is_dir() else []
+            for branch in [*trunk, *(b for b in others if b not in trunk)]:
                 job = JobDir(run_dir, r, level, branch)
-                if job.done:
-                    rows.append({k: v for k, v in job.result().items() if k in RESULT_COLUMNS})
+                if not job.done:
+                    continue
+                result = job.result()
+                # a baseline the trunk no longer asks for is left out, unless a branch command ran it
+                if branch in trunk or branch not in BRANCHES or "options" in result:
+                    rows.append({k: v for k, v in result.items() if k in RESULT_COLUMNS})
     return rows
 
 

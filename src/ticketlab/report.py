@@ -33,10 +33,16 @@ def summarize(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> dic
     return out
 
 
+def _branches(summary: dict[int, dict[str, Any]]) -> list[str]:
+    """The trunk's branches in their order, then any others (``ticketlab branch``) by name."""
+    present = {b for s in summary.values() for b in s["branches"]}
+    return [b for b in BRANCH_ORDER if b in present] + sorted(present - set(BRANCH_ORDER))
+
+
 def table(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> str:
     """A plain-text table: level, weights remaining, and each branch's accuracy (mean +- std, in %)."""
     summary = summarize(rows, metric)
-    branches = [b for b in BRANCH_ORDER if any(b in s["branches"] for s in summary.values())]
+    branches = _branches(summary)
     head = ["level", "weights left"] + [LABELS.get(b, b) for b in branches]
     lines = []
     for level, s in summary.items():
@@ -68,7 +74,7 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_test_acc",
     summary = summarize(rows, metric)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     dense = summary.get(0, {}).get("branches", {}).get("ticket")
-    for branch in BRANCH_ORDER:
+    for branch in _branches(summary):
         pts = [(100 * s["density"], s["branches"][branch]) for s in summary.values() if branch in s["branches"]]
         if branch != "ticket" and dense is not None:
             pts = [(100.0, dense)] + pts  # every baseline starts from the same dense network
@@ -84,7 +90,7 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_test_acc",
             marker="o",
             ms=4,
             capsize=3,
-            label=LABELS[branch],
+            label=LABELS.get(branch, branch),
             linestyle="-" if branch == "ticket" else "--",
         )
     ax.set_xscale("log")

@@ -1,0 +1,316 @@
+"""Branches: questions asked of the finished levels of an IMP run, without recomputing the trunk.
+
+A branch takes a level's ticket (its mask, the rewound weights theta_k, and the trained weights the mask was
+pruned from), changes one thing -- where the weights start, the LR schedule, the signs, some noise -- and trains
+the result like the trunk trains a ticket: same data order, same budget (from iteration k to the end). Each
+(replicate, level, branch with its options) is a job under the run directory, so a branch resumes like the trunk
+and a second identical command does no work; its rows join ``results.csv`` with the options in the branch name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab import masks as M
+from ticketlab.config import ExperimentConfig, from_dict
+from ticketlab.errors import TicketlabError
+from ticketlab.store import JobDir, RunLock, load_tensors, read_json, save_tensors, write_csv
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class Start:
+    """A finished level, as a branch sees it."""
+
+    cfg: ExperimentConfig
+    replicate: int
+    level: int
+    mask: M.Mask  # the level's ticket
+    rewind: State  # theta_k, the trunk's rewind point (theta_0 when k = 0)
+    init: State  # theta_0
+    trained: State  # the trained weights the level's mask was pruned from
+    k: int  # the trunk's rewind iteration
+    total: int  # the end of training (iterations)
+    per_epoch: int  # iterations per epoch
+    seed: int  # this branch's own seed (replicate, level, name)
+
+
+# A branch returns the weights to train from (a full state dict), the mask, and the training config.
+Branch = Callable[..., tuple[State, M.Mask, Any]]
+BRANCHES: dict[str, tuple[Branch, dict[str, Any]]] = {}
+
+
+def _register(**defaults: Any):
+    def wrap(fn: Branch) -> Branch:
+        BRANCHES[fn.__name__] = (fn, defaults)
+        return fn
+
+    return wrap
+
+
+def _masked(state: State, mask: M.Mask) -> State:
+    return {n: (t * mask[n].to(t.device, t.dtype) if n in mask else t.clone()) for n, t in state.items()}
+
+
+@_register(strategy="trunk")
+def random_prune(s: Start, fresh: Callable[[int], nn.Module], strategy: str) -> tuple[State, M.Mask, Any]:
+    """A random mask at the ticket's densities (per layer, or per pool of layers under one threshold), from theta_k.
+    ``strategy``: trunk (as the trunk's baseline pools them), layerwise, or global."""
+    from ticketlab.imp import derive_seed
+
+    if strategy not in ("trunk", "layerwise", "global"):
+        raise TicketlabError(f"random_prune: strategy must be trunk, layerwise or global, not {strategy!r}")
+    if strategy == "layerwise" or (strategy == "trunk" and s.cfg.prune.strategy != "global"):
+        pools = [(n,) for n in s.mask]
+    else:
+        pools = [tuple(s.mask)]
+    from ticketlab.pruning import random_mask
+
+    mask = random_mask(s.mask, derive_seed(s.cfg.imp.seed, s.replicate, s.level, "random_prune"), pools)
+    return _masked(s.rewind, mask), mask, s.cfg.train
+
+
+@_register()
+def reinit(s: Start, fresh: Callable[[int], nn.Module]) -> tuple[State, M.Mask, Any]:
+    """The ticket's mask on a newly initialised network (the trunk's own re-init baseline, after the fact)."""
+    from ticketlab.imp import derive_seed
+
+    model = fresh(derive_seed(s.cfg.imp.seed, s.replicate, s.level, "reinit"))
+    return _masked(model.state_dict(), s.mask), s.mask, s.cfg.train
+
+
+@_register()
+def finetune(s: Start, fresh: Callable[[int], nn.Module]) -> tuple[State, M.Mask, Any]:
+    """The trained weights, pruned, trained on at the schedule's final LR (constant) for the same budget."""
+    from ticketlab.training import Schedule
+
+    final_lr = Schedule.from_config(s.cfg.train, s.per_epoch).lr(s.total - 1)
+    train = replace(s.cfg.train, lr=final_lr, schedule="constant", warmup="0it", milestones=())
+    return _masked(s.trained, s.mask), s.mask, train
+
+
+@_register()
+def lr_rewind(s: Start, fresh: Callable[[int], nn.Module]) -> tuple[State, M.Mask, Any]:
+    """The trained weights, pruned, with the LR schedule replayed from iteration k (Renda et al. 2020)."""
+    return _masked(s.trained, s.mask), s.mask, s.cfg.train
+
+
+@_register(layers="")
+def partial_rewind(s: Start, fresh: Callable[[int], nn.Module], layers: str) -> tuple[State, M.Mask, Any]:
+    """``layers`` (comma-separated parameter names or module prefixes) rewound to theta_k; every other tensor
+    kept at its trained value."""
+    chosen = [p.strip() for p in layers.split(",") if p.strip()]
+    if not chosen:
+        raise TicketlabError("partial_rewind needs --layers, e.g. --layers fc.0.weight or --layers fc.0")
+    picked = {n for n in s.rewind if any(n == c or n.startswith(c + ".") for c in chosen)}
+    unknown = [c for c in chosen if not any(n == c or n.startswith(c + ".") for n in s.rewind)]
+    if unknown:
+        raise TicketlabError(f"partial_rewind: {unknown} name no tensor of the model; it has {list(s.rewind)}")
+    state = {n: (s.rewind[n] if n in picked else s.trained[n]).clone() for n in s.rewind}
+    return _masked(state, s.mask), s.mask, s.cfg.train
+
+
+@_register(magnitudes="constant")
+def sign_only(s: Start, fresh: Callable[[int], nn.Module], magnitudes: str) -> tuple[State, M.Mask, Any]:
+    """theta_k's signs kept, magnitudes replaced (Zhou et al. 2019): ``constant``, each layer's standard
+    deviation at initialisation, or ``resample``, those of a new initialisation."""
+    if magnitudes not in ("constant", "resample"):
+        raise TicketlabError(f"sign_only: magnitudes must be constant or resample, not {magnitudes!r}")
+    new = fresh(s.seed).state_dict() if magnitudes == "resample" else None
+    state = {n: t.clone() for n, t in s.rewind.items()}
+    for n in s.mask:
+        size = s.init[n].float().std() if new is None else new[n].abs().to(s.rewind[n].device)
+        state[n] = torch.sign(s.rewind[n]) * size
+    return _masked(state, s.mask), s.mask, s.cfg.train
+
+
+SHUFFLES = ("none", "global", "layer", "filter", "sign")
+
+
+@_register(noise=0.0, flip=0.0, shuffle="none")
+def perturb(
+    s: Start, fresh: Callable[[int], nn.Module], noise: float, flip: float, shuffle: str
+) -> tuple[State, M.Mask, Any]:
+    """theta_k's kept weights changed: Gaussian ``noise`` (std = noise x the layer's std at initialisation), the
+    signs of a fraction ``flip`` of them flipped, or their values shuffled (``global`` over every layer, within
+    each ``layer``, within each output ``filter``/neuron, or among weights of the same ``sign`` in a layer)."""
+    if shuffle not in SHUFFLES:
+        raise TicketlabError(f"perturb: shuffle must be one of {', '.join(SHUFFLES)}, not {shuffle!r}")
+    if noise < 0 or not 0 <= flip <= 1:
+        raise TicketlabError(f"perturb: noise must be >= 0 and flip in [0, 1], got noise={noise}, flip={flip}")
+    if noise == 0 and flip == 0 and shuffle == "none":
+        raise TicketlabError("perturb needs --noise, --flip or --shuffle")
+    g = torch.Generator().manual_seed(s.seed)
+    state = {n: t.clone() for n, t in s.rewind.items()}
+    for n, m in s.mask.items():
+        w, keep = state[n].cpu(), m.cpu()
+        if noise:
+            w = w + keep * torch.randn(w.shape, generator=g) * noise * s.init[n].float().std().cpu()
+        if flip:
+            alive = keep.flatten().nonzero().flatten()
+            chosen = alive[torch.randperm(len(alive), generator=g)[: round(flip * len(alive))]]
+            flat = w.flatten().clone()
+            flat[chosen] = -flat[chosen]
+            w = flat.view_as(w)
+        state[n] = w.to(state[n].device)
+    if shuffle != "none":
+        _shuffle(state, s.mask, shuffle, g)
+    return _masked(state, s.mask), s.mask, s.cfg.train
+
+
+def _shuffle(state: State, mask: M.Mask, how: str, g: torch.Generator) -> None:
+    """Permute kept values within each group, in place: every group keeps its multiset of values."""
+    groups: list[list[tuple[str, torch.Tensor]]] = []  # (layer, flat indices) making one group
+    for n, m in mask.items():
+        flat = m.cpu().flatten()
+        if how == "filter":
+            rows = m.cpu().reshape(m.shape[0], -1)
+            width = rows.shape[1]
+            groups += [[(n, r * width + rows[r].nonzero().flatten())] for r in range(rows.shape[0])]
+        elif how == "sign":
+            w = state[n].cpu().flatten()
+            groups += [[(n, (flat & (w > 0)).nonzero().flatten())], [(n, (flat & (w <= 0)).nonzero().flatten())]]
+        else:
+            groups.append([(n, flat.nonzero().flatten())])
+    if how == "global":
+        groups = [[part for group in groups for part in group]]
+    flats = {n: state[n].cpu().flatten().clone() for n in mask}
+    for group in groups:
+        values = torch.cat([flats[n][idx] for n, idx in group])
+        values = values[torch.randperm(len(values), generator=g)]
+        for (n, idx), part in zip(group, torch.split(values, [len(i) for _, i in group])):
+            flats[n][idx] = part
+    for n in mask:
+        state[n] = flats[n].view_as(state[n]).to(state[n].device)
+
+
+def label(name: str, options: dict[str, Any]) -> str:
+    """The branch's name in results and on disk: the name, and the options that differ from its defaults."""
+    _, defaults = BRANCHES[name]
+    changed = {k: v for k, v in options.items() if v != defaults[k]}
+    if not changed:
+        return name
+    return name + "[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]"
+
+
+def _dirname(text: str) -> str:
+    if text.isidentifier():
+        return text
+    return text.split("[")[0] + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def parse_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The branch's options: its defaults, overridden by ``given`` (coerced to the defaults' types)."""
+    if name not in BRANCHES:
+        raise TicketlabError(f"unknown branch {name!r}; known: {', '.join(BRANCHES)}")
+    _, defaults = BRANCHES[name]
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TicketlabError(f"branch {name} takes no option(s) {unknown}; it takes {sorted(defaults) or 'none'}")
+    out = dict(defaults)
+    for k, v in given.items():
+        try:
+            out[k] = type(defaults[k])(v)
+        except ValueError:
+            raise TicketlabError(f"branch {name}: cannot read {k}={v!r} as {type(defaults[k]).__name__}") from None
+    return out
+
+
+def run_branch(
+    run_dir: Path,
+    name: str,
+    *,
+    levels: list[int] | None = None,
+    options: dict[str, Any] | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Run (or resume) branch ``name`` off finished levels of the IMP run in ``run_dir`` (every finished level
+    when ``levels`` is None) and return the rows of the updated ``results.csv``."""
+    from ticketlab.data import iterations_per_epoch, load_dataset
+    from ticketlab.imp import (
+        RESULT_COLUMNS,
+        _finish,
+        _Progress,
+        _train_job,
+        collect_results,
+        derive_seed,
+        level_count,
+        registry_problem,
+        resolve_device,
+    )
+
+    run_dir = Path(run_dir)
+    opts = parse_options(name, options or {})
+    if not (run_dir / "config.json").exists():
+        raise TicketlabError(f"{run_dir} has no config.json: is it a ticketlab run directory?")
+    saved = read_json(run_dir / "config.json")
+    if "weights" in saved:
+        raise TicketlabError(f"{run_dir} was run on your own model; branches need a registered model")
+    cfg = from_dict(saved["config"])
+    tag = label(name, opts)
+    finished = [lv for lv in range(1, level_count(cfg) + 1) if JobDir(run_dir, 0, lv, "ticket").done]
+    levels = finished if levels is None else levels
+    missing = [lv for lv in levels if lv not in finished]
+    if missing or not levels:
+        raise TicketlabError(
+            f"levels {missing or levels} of {run_dir} have not finished (finished: {finished or 'none'}); "
+            "run the trunk further first"
+        )
+    dev = resolve_device(device)
+    d = cfg.data
+    data = load_dataset(d.dataset, data_dir=d.data_dir or None, val_size=d.val_size, augment=d.augment, device=dev)
+    problem = registry_problem(cfg, data)
+    from ticketlab.imp import _plan
+
+    plan = _plan(cfg, problem)
+    fn, _ = BRANCHES[name]
+    with RunLock(run_dir):
+        for r in range(cfg.imp.replicates):
+            level0 = JobDir(run_dir, r, 0, "ticket").path.parent
+            for level in levels:
+                job = JobDir(run_dir, r, level, _dirname(tag))
+                if job.done or not JobDir(run_dir, r, level, "ticket").done:
+                    continue
+                source = 0 if (cfg.imp.one_shot or cfg.imp.at_init) else level - 1
+                start = Start(
+                    cfg=cfg,
+                    replicate=r,
+                    level=level,
+                    mask=M.load_mask(job.path.parent / "mask.safetensors", dev),
+                    rewind=load_tensors(level0 / "rewind.safetensors", dev),
+                    init=load_tensors(level0 / "init.safetensors", dev),
+                    trained=load_tensors(JobDir(run_dir, r, source, "ticket").file("final.safetensors"), dev),
+                    k=plan.k,
+                    total=plan.total,
+                    per_epoch=iterations_per_epoch(len(data.train), cfg.train.batch_size),
+                    seed=derive_seed(cfg.imp.seed, r, level, "branch", tag),
+                )
+                state, mask, train_cfg = fn(start, problem.fresh_model, **opts)
+                model = problem.init_model(r)
+                model.load_state_dict(state)
+                job.path.mkdir(parents=True, exist_ok=True)
+                M.save_mask(job.file("mask.safetensors"), mask)
+                save_tensors(job.file("init.safetensors"), model.state_dict())
+                branch_cfg = cfg.replace(train=_as_dict(train_cfg))
+                data_seed = derive_seed(cfg.imp.seed, r, "data")
+                result = _train_job(model, data, branch_cfg, mask, data_seed, plan.k, _Progress(progress), job)
+                _finish(job, model, mask, result, label=tag, options=opts)
+        rows = collect_results(run_dir, cfg)
+        write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
+    return rows
+
+
+def _as_dict(train_cfg) -> dict[str, Any]:
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(train_cfg), default=list))

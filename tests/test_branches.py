@@ -1,0 +1,170 @@
+"""Branches off a finished IMP run: each branch's defining property, checked on the weights it starts from."""
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from ticketlab import masks as M
+from ticketlab.branches import run_branch
+from ticketlab.data import load_dataset
+from ticketlab.errors import TicketlabError
+from ticketlab.imp import registry_problem, run_imp
+from ticketlab.store import JobDir, load_tensors, read_csv, read_json
+
+# SGD with a step schedule, so that fine-tuning (final LR) and LR rewinding (the schedule from k) differ
+TRAIN = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "step", "milestones": ("40it",), "gamma": 0.1}
+
+
+@pytest.fixture(scope="module")
+def trunk(tmp_path_factory):
+    run = tmp_path_factory.mktemp("trunk")
+    cfg = tiny_config(train=TRAIN, imp={"levels": 2, "rewind": "10it", "baselines": ("reinit",)})
+    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), run)
+    return run
+
+
+def _start(run, branch, level=1):
+    return load_tensors(JobDir(run, 0, level, branch).file("init.safetensors"))
+
+
+def _level(run, level=1):
+    d = JobDir(run, 0, level, "ticket").path.parent
+    mask = M.load_mask(d / "mask.safetensors")
+    rewind = load_tensors(JobDir(run, 0, 0, "ticket").path.parent / "rewind.safetensors")
+    trained = load_tensors(JobDir(run, 0, level - 1, "ticket").file("final.safetensors"))
+    return mask, rewind, trained
+
+
+def _metrics_lr(run, branch, level=1):
+    import json
+
+    lines = JobDir(run, 0, level, branch).file("metrics.jsonl").read_text().splitlines()
+    return [json.loads(x)["lr"] for x in lines]
+
+
+def test_finetune_starts_from_the_trained_weights_at_the_final_lr(trunk):
+    run_branch(trunk, "finetune", levels=[1])
+    mask, _, trained = _level(trunk)
+    start = _start(trunk, "finetune")
+    assert all(torch.equal(start[n], trained[n] * mask[n]) for n in mask)
+    assert torch.equal(start["fc.0.bias"], trained["fc.0.bias"])  # unpruned tensors as trained
+    assert all(lr == pytest.approx(0.005) for lr in _metrics_lr(trunk, "finetune"))  # 0.05 x 0.1: the final LR
+
+
+def test_lr_rewind_keeps_the_trained_weights_but_replays_the_schedule_from_k(trunk):
+    run_branch(trunk, "lr_rewind", levels=[1])
+    assert all(
+        torch.equal(a, b) for a, b in zip(_start(trunk, "lr_rewind").values(), _start(trunk, "finetune").values())
+    )
+    lrs = _metrics_lr(trunk, "lr_rewind")  # evaluations at 10 (k), 20, 40, 60 it
+    assert lrs[0] == pytest.approx(0.05) and lrs[-1] == pytest.approx(0.005)
+    rows = read_csv(trunk / "results.csv")
+    ft = next(r for r in rows if r["branch"] == "finetune")
+    lr = next(r for r in rows if r["branch"] == "lr_rewind")
+    assert ft["final_test_acc"] != lr["final_test_acc"] or ft["train_acc"] != lr["train_acc"]
+
+
+def test_partial_rewind_touches_only_the_chosen_layers(trunk):
+    run_branch(trunk, "partial_rewind", levels=[1], options={"layers": "fc.0"})
+    mask, rewind, trained = _level(trunk)
+    start = load_tensors(next((trunk / "replicate_0" / "level_1").glob("partial_rewind-*")) / "init.safetensors")
+    for name, t in start.items():
+        source = rewind if name.startswith("fc.0.") else trained
+        expected = source[name] * mask[name] if name in mask else source[name]
+        assert torch.equal(t, expected), name
+
+
+def test_sign_only_keeps_every_sign_with_one_magnitude_per_layer(trunk):
+    run_branch(trunk, "sign_only", levels=[1])
+    mask, rewind, _ = _level(trunk)
+    start = _start(trunk, "sign_only")
+    init = load_tensors(JobDir(trunk, 0, 0, "ticket").path.parent / "init.safetensors")
+    for n, m in mask.items():
+        assert torch.equal(torch.sign(start[n][m]), torch.sign(rewind[n][m]))
+        assert torch.allclose(start[n][m].abs(), init[n].std().expand(int(m.sum())))
+        assert not start[n][~m].any()
+
+
+@pytest.mark.parametrize("how", ["global", "layer", "filter", "sign"])
+def test_shuffles_keep_each_groups_multiset_of_values(trunk, how):
+    run_branch(trunk, "perturb", levels=[1], options={"shuffle": how})
+    mask, rewind, _ = _level(trunk)
+    job = next(
+        p
+        for p in (trunk / "replicate_0" / "level_1").glob("perturb-*")
+        if f"shuffle={how}" in read_json(p / "result.json")["branch"]
+    )
+    start = load_tensors(job / "init.safetensors")
+
+    def groups(state):
+        out = []
+        for n, m in mask.items():
+            w = state[n]
+            if how == "filter":
+                out += [sorted(w[r][m[r]].tolist()) for r in range(w.shape[0])]
+            elif how == "sign":
+                out += [sorted(w[m & (w > 0)].tolist()), sorted(w[m & (w <= 0)].tolist())]
+            else:
+                out.append(sorted(w[m].tolist()))
+        return out if how != "global" else [sorted(v for g in out for v in g)]
+
+    assert groups(start) == groups(rewind)
+    assert any(not torch.equal(start[n], rewind[n] * mask[n]) for n in mask)  # something moved
+    assert all(not start[n][~m].any() for n, m in mask.items())
+
+
+def test_noise_has_the_requested_scale_and_flips_the_requested_count(trunk):
+    run_branch(trunk, "perturb", levels=[1], options={"noise": 0.5})
+    run_branch(trunk, "perturb", levels=[1], options={"flip": 0.25})
+    mask, rewind, _ = _level(trunk)
+    init = load_tensors(JobDir(trunk, 0, 0, "ticket").path.parent / "init.safetensors")
+    jobs = {read_json(p / "result.json")["branch"]: p for p in (trunk / "replicate_0" / "level_1").glob("perturb-*")}
+    noisy = load_tensors(jobs["perturb[noise=0.5]"] / "init.safetensors")
+    m = mask["fc.0.weight"]
+    ratio = float((noisy["fc.0.weight"] - rewind["fc.0.weight"])[m].std() / init["fc.0.weight"].std())
+    assert 0.45 < ratio < 0.55  # 320 draws: the std of the estimate is about 0.02
+    flipped = load_tensors(jobs["perturb[flip=0.25]"] / "init.safetensors")
+    for n, m in mask.items():
+        assert torch.equal(flipped[n].abs(), (rewind[n] * m).abs())
+        assert int((torch.sign(flipped[n]) != torch.sign(rewind[n]))[m].sum()) == round(0.25 * int(m.sum()))
+
+
+def test_rows_land_in_results_and_a_second_identical_command_does_no_work(trunk, capsys):
+    run_branch(trunk, "finetune")  # levels 1 (done above) and 2
+    job = JobDir(trunk, 0, 2, "finetune").file("result.json")
+    stamp = job.stat().st_mtime_ns
+    capsys.readouterr()
+    rows = run_branch(trunk, "finetune")
+    assert job.stat().st_mtime_ns == stamp and "test acc" not in capsys.readouterr().err
+    assert sorted(r["level"] for r in rows if r["branch"] == "finetune") == [1, 2]
+    assert {"ticket", "reinit", "finetune"} <= {r["branch"] for r in read_csv(trunk / "results.csv")}
+    # the re-init baseline asked for after the fact is the trunk's own job: nothing runs
+    stamp = JobDir(trunk, 0, 1, "reinit").file("result.json").stat().st_mtime_ns
+    run_branch(trunk, "reinit")
+    assert JobDir(trunk, 0, 1, "reinit").file("result.json").stat().st_mtime_ns == stamp
+
+
+def test_random_prune_after_the_fact_matches_the_tickets_counts(trunk):
+    rows = run_branch(trunk, "random_prune", levels=[2], options={"strategy": "global"})
+    mask, _, _ = _level(trunk, 2)
+    job = next((trunk / "replicate_0" / "level_2").glob("random_prune-*"))
+    rand = M.load_mask(job / "mask.safetensors")
+    assert M.count(rand) == M.count(mask) and any(int(rand[n].sum()) != int(mask[n].sum()) for n in mask)
+    assert any(r["branch"] == "random_prune[strategy=global]" for r in rows)
+
+
+@pytest.mark.parametrize(
+    "name, levels, options, message",
+    [
+        ("rewinding", None, {}, "unknown branch"),
+        ("finetune", None, {"noise": 1}, "takes no option"),
+        ("perturb", None, {"noise": "x"}, "cannot read"),
+        ("perturb", None, {}, "needs --noise"),
+        ("partial_rewind", None, {}, "needs --layers"),
+        ("partial_rewind", None, {"layers": "fc.9"}, "name no tensor"),
+        ("finetune", [7], {}, "have not finished"),
+    ],
+)
+def test_bad_branch_requests_are_user_errors(trunk, name, levels, options, message):
+    with pytest.raises(TicketlabError, match=message):
+        run_branch(trunk, name, levels=levels, options=options)
