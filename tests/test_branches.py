@@ -163,8 +163,36 @@ def test_random_prune_after_the_fact_matches_the_tickets_counts(trunk):
         ("partial_rewind", None, {}, "needs --layers"),
         ("partial_rewind", None, {"layers": "fc.9"}, "name no tensor"),
         ("finetune", [7], {}, "have not finished"),
+        ("transfer", None, {}, "transfer needs"),
+        ("transfer", None, {"classes": "3,12"}, "classes must be distinct labels"),
+        ("transfer", None, {"dataset": "mnist1d"}, "pick a dataset of the same shape"),
     ],
 )
 def test_bad_branch_requests_are_user_errors(trunk, name, levels, options, message):
     with pytest.raises(TicketlabError, match=message):
         run_branch(trunk, name, levels=levels, options=options)
+
+
+def test_transfer_changes_only_the_output_layer(trunk):
+    rows = run_branch(trunk, "transfer", levels=[1], options={"classes": "5,6,7,8,9"})
+    mask, rewind, _ = _level(trunk)
+    job = next(p for p in (trunk / "replicate_0" / "level_1").glob("transfer-*"))
+    start, tmask = load_tensors(job / "init.safetensors"), M.load_mask(job / "mask.safetensors")
+    for name, t in start.items():
+        if name.startswith("fc.2."):  # the output layer: 5 classes now, newly initialised, at the ticket's density
+            assert t.shape[0] == 5
+            continue
+        assert torch.equal(t, rewind[name] * mask[name] if name in mask else rewind[name]), name
+    assert tmask["fc.2.weight"].shape == (5, 16)
+    assert abs(M.density({"w": tmask["fc.2.weight"]}) - M.density({"w": mask["fc.2.weight"]})) < 1 / 80
+    row = next(r for r in rows if r["branch"] == "transfer[classes=5,6,7,8,9]")
+    assert row["final_test_acc"] > 0.4  # 5 classes: chance is 0.2
+    # another optimizer on the same task keeps the output layer: the ticket's own start, bit for bit
+    run_branch(trunk, "transfer", levels=[1], options={"optimizer": "adam", "lr": 0.01})
+    job = next(
+        p
+        for p in (trunk / "replicate_0" / "level_1").glob("transfer-*")
+        if "adam" in read_json(p / "result.json")["branch"]
+    )
+    ticket = load_tensors(JobDir(trunk, 0, 1, "ticket").file("init.safetensors"))
+    assert all(torch.equal(t, ticket[n]) for n, t in load_tensors(job / "init.safetensors").items())

@@ -286,3 +286,13 @@ def test_branch_command_adds_rows_and_resumes(tmp_path):
     assert "test acc" not in again.stderr and again.stdout == proc.stdout
     bad = ticketlab("branch", str(run), "perturb", "--shuffle", "rows")
     assert bad.returncode == 2 and "shuffle must be one of" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_disjoint_command(tmp_path):
+    out = tmp_path / "out"
+    proc = ticketlab("disjoint", *TINY, "--tickets", "2", "--out", str(out), check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("round  weights forbidden") and [ln.split()[0] for ln in lines[2:4]] == ["0", "1"]
+    assert len(read_csv(next(out.glob("disjoint-*")) / "disjoint.csv")) == 2
+    bad = ticketlab("disjoint", *TINY, "--tickets", "0", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "must be >= 1" in bad.stderr and not (tmp_path / "bad").exists()

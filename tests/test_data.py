@@ -195,3 +195,15 @@ def test_synthetic_images_are_uint8_with_per_channel_normalisation():
     assert torch.allclose(x.std((0, 2, 3)), torch.ones(3), atol=1e-2)
     # test and validation use the training statistics, not their own
     assert torch.equal(ds.test.scale, ds.train.scale) and torch.equal(ds.val.shift, ds.train.shift)
+
+
+def test_class_subsets_keep_only_those_classes_relabelled_in_order():
+    from ticketlab.data import Split, class_subset
+
+    split = Split(torch.arange(8.0).view(8, 1), torch.tensor([0, 5, 7, 5, 2, 9, 7, 1]))
+    sub = class_subset(split, (7, 5))
+    assert sub.x.flatten().tolist() == [1.0, 2.0, 3.0, 6.0] and sub.y.tolist() == [1, 0, 1, 0]
+    data = load_dataset("synthetic", classes=(5, 6, 7, 8, 9))
+    assert data.num_classes == 5 and set(data.train.y.tolist()) == {0, 1, 2, 3, 4}
+    full = load_dataset("synthetic")
+    assert len(data.train) == int((full.train.y >= 5).sum())

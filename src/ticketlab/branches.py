@@ -22,6 +22,7 @@ from torch import nn
 from ticketlab import masks as M
 from ticketlab.config import ExperimentConfig, from_dict
 from ticketlab.errors import TicketlabError
+from ticketlab.steps import Step
 from ticketlab.store import JobDir, RunLock, load_tensors, read_json, save_tensors, write_csv
 
 State = dict[str, torch.Tensor]
@@ -133,6 +134,66 @@ def sign_only(s: Start, fresh: Callable[[int], nn.Module], magnitudes: str) -> t
     return _masked(state, s.mask), s.mask, s.cfg.train
 
 
+@_register(dataset="", classes="", optimizer="", lr=0.0, reinit_output="auto")
+def transfer(
+    s: Start,
+    fresh: Callable[[int], nn.Module],
+    dataset: str,
+    classes: str,
+    optimizer: str,
+    lr: float,
+    reinit_output: str,
+) -> tuple[State, M.Mask, Any]:
+    """The ticket (mask and theta_k) trained on another dataset or class subset, and/or with another optimizer
+    or LR (Morcos et al. 2019). The output layer is re-initialised (``auto``) when the task changes: another
+    dataset or classes, or another class count; a changed shape gets a random mask at the ticket's density.
+    ``fresh`` builds networks for the target task; the target's data and training config are set up by
+    :func:`run_branch`."""
+    if reinit_output not in ("auto", "yes", "no"):
+        raise TicketlabError(f"transfer: reinit_output must be auto, yes or no, not {reinit_output!r}")
+    target = fresh(s.seed)
+    out = M.output_layer_name(target)
+    bias = out.removesuffix("weight") + "bias"
+    new_task = bool(dataset or classes)
+    shape_changed = tuple(target.state_dict()[out].shape) != tuple(s.rewind[out].shape)
+    if shape_changed and reinit_output == "no":
+        raise TicketlabError("transfer: the target has another class count, so the output layer must be re-initialised")
+    state = {n: t.clone() for n, t in s.rewind.items()}
+    mask = dict(s.mask)
+    if reinit_output == "yes" or (reinit_output == "auto" and (new_task or shape_changed)):
+        fresh_state = target.state_dict()
+        for n in (out, bias):
+            if n in fresh_state:
+                state[n] = fresh_state[n].to(s.rewind[n].device)
+        if shape_changed:
+            from ticketlab.pruning import random_mask
+
+            for n in (out, bias):
+                if n in s.mask:
+                    dense = {n: torch.ones_like(state[n], dtype=torch.bool)}
+                    keep = round(float(s.mask[n].float().mean()) * dense[n].numel())
+                    dense[n].view(-1)[keep:] = False
+                    mask[n] = random_mask(dense, s.seed, [(n,)])[n]
+    return _masked(state, mask), mask, None
+
+
+def _transfer_config(cfg: ExperimentConfig, opts: dict[str, Any]) -> ExperimentConfig:
+    data, train = {}, {}
+    if opts["dataset"]:
+        data["dataset"] = opts["dataset"]
+    if opts["classes"]:
+        data["classes"] = opts["classes"]
+    if opts["dataset"] or opts["classes"]:
+        data["val_size"] = 0 if opts["dataset"] else cfg.data.val_size
+    if opts["optimizer"]:
+        train["optimizer"] = opts["optimizer"]
+    if opts["lr"]:
+        train["lr"] = opts["lr"]
+    if not data and not train:
+        raise TicketlabError("transfer needs --dataset, --classes, --optimizer or --lr")
+    return cfg.replace(data=data, train=train)
+
+
 SHUFFLES = ("none", "global", "layer", "filter", "sign")
 
 
@@ -236,7 +297,7 @@ def run_branch(
 ) -> list[dict[str, Any]]:
     """Run (or resume) branch ``name`` off finished levels of the IMP run in ``run_dir`` (every finished level
     when ``levels`` is None) and return the rows of the updated ``results.csv``."""
-    from ticketlab.data import iterations_per_epoch, load_dataset
+    from ticketlab.data import iterations_per_epoch, load_configured
     from ticketlab.imp import (
         RESULT_COLUMNS,
         _finish,
@@ -268,12 +329,25 @@ def run_branch(
         )
     dev = resolve_device(device)
     d = cfg.data
-    data = load_dataset(d.dataset, data_dir=d.data_dir or None, val_size=d.val_size, augment=d.augment, device=dev)
+    data = load_configured(d, dev)
     problem = registry_problem(cfg, data)
     from ticketlab.imp import _plan
 
     plan = _plan(cfg, problem)
     fn, _ = BRANCHES[name]
+    target, target_data, target_problem = cfg, data, problem
+    if name == "transfer":
+        target = _transfer_config(cfg, opts)
+        target_data = load_configured(target.data, dev) if target.data != cfg.data else data
+        if target_data.input_shape != data.input_shape:
+            raise TicketlabError(
+                f"transfer: {target.data.dataset} has inputs of shape {target_data.input_shape}, the ticket was "
+                f"found on {data.input_shape}; pick a dataset of the same shape"
+            )
+        target_problem = registry_problem(target, target_data)
+        target_total = iterations_per_epoch(len(target_data.train), target.train.batch_size)
+        if plan.k >= Step.parse(target.train.steps).iterations(target_total):
+            raise TicketlabError("transfer: the target's training ends before the ticket's rewind step")
     with RunLock(run_dir):
         for r in range(cfg.imp.replicates):
             level0 = JobDir(run_dir, r, 0, "ticket").path.parent
@@ -295,15 +369,16 @@ def run_branch(
                     per_epoch=iterations_per_epoch(len(data.train), cfg.train.batch_size),
                     seed=derive_seed(cfg.imp.seed, r, level, "branch", tag),
                 )
-                state, mask, train_cfg = fn(start, problem.fresh_model, **opts)
-                model = problem.init_model(r)
+                state, mask, train_cfg = fn(start, target_problem.fresh_model, **opts)
+                train_cfg = train_cfg or target.train
+                model = target_problem.init_model(r)
                 model.load_state_dict(state)
                 job.path.mkdir(parents=True, exist_ok=True)
                 M.save_mask(job.file("mask.safetensors"), mask)
                 save_tensors(job.file("init.safetensors"), model.state_dict())
-                branch_cfg = cfg.replace(train=_as_dict(train_cfg))
+                branch_cfg = target.replace(train=_as_dict(train_cfg))
                 data_seed = derive_seed(cfg.imp.seed, r, "data")
-                result = _train_job(model, data, branch_cfg, mask, data_seed, plan.k, _Progress(progress), job)
+                result = _train_job(model, target_data, branch_cfg, mask, data_seed, plan.k, _Progress(progress), job)
                 _finish(job, model, mask, result, label=tag, options=opts)
         rows = collect_results(run_dir, cfg)
         write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)

@@ -84,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: snip/grasp/synflow at init, the others one-shot after training (default: auto)",
     )
     _add_config_flags(c)
+    dj = sub.add_parser(
+        "disjoint",
+        help="disjoint tickets: find a ticket, forbid its weights, search again, N times",
+        description="Find a ticket by IMP (the configured levels), forbid its weights, and search again in the "
+        "weights left, until --tickets tickets are found. Each round is a resumable run whose level 0 trains the "
+        "network without the tickets found so far. Config flags as for `imp` (one replicate; no random-pruning "
+        "baseline).",
+    )
+    _run_flags(dj)
+    dj.add_argument("--tickets", type=int, default=3, help="how many disjoint tickets to find (default: 3)")
+    _add_config_flags(dj)
     e = sub.add_parser(
         "export",
         help="save a structured ticket as a smaller dense model (torch.export .pt2)",
@@ -110,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reinit, random_prune [--strategy trunk|layerwise|global], finetune (trained weights, final LR), "
         "lr_rewind (trained weights, schedule replayed from k), partial_rewind --layers NAMES, "
         "sign_only [--magnitudes constant|resample], perturb [--noise S] [--flip F] "
-        "[--shuffle global|layer|filter|sign].",
+        "[--shuffle global|layer|filter|sign], transfer [--dataset D] [--classes 5,6,7] [--optimizer O] [--lr LR].",
     )
     b.add_argument("run_dir")
     b.add_argument("name", help="the branch")
@@ -125,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("--noise", "perturb: Gaussian noise, in units of each layer's std at initialisation"),
         ("--flip", "perturb: fraction of kept weights whose sign is flipped"),
         ("--shuffle", "perturb: shuffle kept values globally, within layer, filter, or same-sign group"),
+        ("--dataset", "transfer: train the ticket on this dataset"),
+        ("--classes", "transfer: on these classes of it, e.g. 5,6,7,8,9"),
+        ("--optimizer", "transfer: with this optimizer"),
+        ("--lr", "transfer: at this learning rate"),
+        ("--reinit-output", "transfer: auto (when the task changes), yes or no"),
     ):
         b.add_argument(opt, help=what)
     sub.add_parser("presets", help="list the named presets")
@@ -185,7 +201,8 @@ def _branch(args: argparse.Namespace) -> int:
     from ticketlab.branches import run_branch
     from ticketlab.report import table
 
-    options = {k: getattr(args, k) for k in ("strategy", "layers", "magnitudes", "noise", "flip", "shuffle")}
+    names = ("strategy", "layers", "magnitudes", "noise", "flip", "shuffle", "dataset", "classes", "optimizer", "lr")
+    options = {k: getattr(args, k) for k in (*names, "reinit_output")}
     options = {k: v for k, v in options.items() if v is not None}
     try:
         levels = [int(x) for x in args.levels.split(",")] if args.levels else None
@@ -197,6 +214,17 @@ def _branch(args: argparse.Namespace) -> int:
     )
     print(table(rows, args.metric))
     print(f"\nresults: {Path(args.run_dir) / 'results.csv'}")
+    return 0
+
+
+def _disjoint(args: argparse.Namespace) -> int:
+    from ticketlab.disjoint import disjoint, table
+
+    cfg = config_from_args(args)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    where, rows = disjoint(cfg, args.tickets, out=args.out, device=args.device, progress=progress)
+    print(table(rows))
+    print(f"\nrounds: {where / 'disjoint.csv'}")
     return 0
 
 
@@ -232,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "branch":
             return _branch(args)
+        if args.command == "disjoint":
+            return _disjoint(args)
         if args.command == "presets":
             _listing({name: desc for name, (desc, _) in C.PRESETS.items()})
             return 0

@@ -71,6 +71,9 @@ class DataConfig:
     augment: bool = _f(
         False, "random crop (4-pixel padding) and horizontal flip of training images, on the device", since=2
     )
+    classes: tuple[int, ...] = _f(
+        (), "keep only these classes, relabelled 0, 1, ... in this order, e.g. 5,6,7,8,9; empty: all", since=2
+    )
 
     def __post_init__(self) -> None:
         if self.val_size < 0:
@@ -561,6 +564,17 @@ for _net in ("resnet20", "vgg16"):
 PRESETS["mnist1d-lth-500"] = (
     "the MNIST-1D paper's LTH MLP 40-500-500-10, otherwise as mnist1d-lth, one replicate (about 2.5 min)",
     merge(PRESETS["mnist1d-lth"][1], {"model": {"model": "mnist1d_mlp"}, "imp": {"replicates": 1}}),
+)
+PRESETS["renda-mnist1d"] = (
+    "Renda et al.'s comparison on MNIST-1D: rewound at 750 of 1500 it (Adam 2e-2, /10 at 750 and 1125 it), "
+    "so weight rewinding, `branch finetune` and `branch lr_rewind` all retrain 750 it",
+    merge(
+        PRESETS["mnist1d-lth"][1],
+        {
+            "train": {"schedule": "step", "milestones": ("750it", "1125it"), "gamma": 0.1},
+            "imp": {"rewind": "750it", "levels": 8},
+        },
+    ),
 )
 DEFAULT_PRESET = "mnist1d-lth"
 

@@ -170,13 +170,40 @@ def load_dataset(
     val_size: int = 0,
     augment: bool = False,
     device: str | torch.device = "cpu",
+    classes: tuple[int, ...] = (),
 ) -> Dataset:
-    """Load a registered dataset, split off ``val_size`` training examples, normalise, move to ``device``."""
+    """Load a registered dataset, keep only ``classes`` (relabelled 0, 1, ... in the order given) when any are
+    named, split off ``val_size`` training examples, normalise, move to ``device``."""
     if name not in _LOADERS:
         raise TicketlabError(f"unknown dataset {name!r}; known: {', '.join(_LOADERS)}")
     loader = _LOADERS[name][1]
     train, test, num_classes = loader(Path(data_dir) if data_dir else None)
+    if classes:
+        bad = [c for c in classes if not 0 <= c < num_classes]
+        if bad or len(set(classes)) != len(classes):
+            raise TicketlabError(
+                f"{name}: classes must be distinct labels in 0..{num_classes - 1}, got {','.join(map(str, classes))}"
+            )
+        train, test, num_classes = class_subset(train, classes), class_subset(test, classes), len(classes)
     return prepare(name, train, test, num_classes, val_size=val_size, augment=augment, device=device)
+
+
+def class_subset(split: Split, classes: tuple[int, ...]) -> Split:
+    """The examples of ``classes``, relabelled by their position in ``classes``."""
+    lookup = torch.full((int(split.y.max()) + 1,), -1, dtype=torch.long)
+    lookup[torch.tensor([c for c in classes if c < len(lookup)], dtype=torch.long)] = torch.tensor(
+        [i for i, c in enumerate(classes) if c < len(lookup)], dtype=torch.long
+    )
+    y = lookup[split.y.long()]
+    keep = y >= 0
+    return Split(split.x[keep], y[keep], split.scale, split.shift)
+
+
+def load_configured(d, device: str | torch.device = "cpu") -> Dataset:
+    """The dataset a :class:`ticketlab.config.DataConfig` describes."""
+    return load_dataset(
+        d.dataset, data_dir=d.data_dir or None, val_size=d.val_size, augment=d.augment, device=device, classes=d.classes
+    )
 
 
 def prepare(

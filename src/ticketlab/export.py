@@ -22,7 +22,7 @@ def export_ticket(
 ) -> dict[str, Any]:
     """Export the ticket of ``level`` of a registry-model run to ``out`` (.pt2); return what was measured."""
     from ticketlab.config import from_dict
-    from ticketlab.data import load_dataset
+    from ticketlab.data import load_configured
     from ticketlab.imp import load_ticket, registry_problem
     from ticketlab.structure import export, save_exported
 
@@ -40,7 +40,7 @@ def export_ticket(
     if not job.done:
         raise TicketlabError(f"level {level} of replicate {replicate} in {run_dir} has not finished")
     d = cfg.data
-    data = load_dataset(d.dataset, data_dir=d.data_dir or None, val_size=d.val_size, device=torch.device("cpu"))
+    data = load_configured(d, torch.device("cpu"))
     model = registry_problem(cfg, data).init_model(replicate)
     ticket = load_ticket(run_dir, level, replicate)
     model.load_state_dict(load_tensors(job.file("final.safetensors")) if weights == "final" else ticket.state)

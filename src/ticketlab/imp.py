@@ -116,17 +116,38 @@ class _Progress:
 
 
 def run_imp(
-    config: ExperimentConfig, problem: Problem, run_dir: Path, *, progress: bool = False
+    config: ExperimentConfig,
+    problem: Problem,
+    run_dir: Path,
+    *,
+    progress: bool = False,
+    start_mask: M.Mask | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the experiment in ``run_dir`` and return the rows of ``results.csv``."""
+    """Run (or resume) the experiment in ``run_dir`` and return the rows of ``results.csv``.
+
+    ``start_mask``: level 0's mask instead of the full one (weights forbidden from the start, as the disjoint
+    tickets experiment does); iterative pruning only, since one-shot levels prune the full network."""
     run_dir = Path(run_dir)
     plan = _plan(config, problem)  # every check a user can fail, before anything is written
+    if start_mask is not None:
+        if from_full(config):
+            raise TicketlabError("a starting mask needs iterative pruning (not --one-shot or --at-init)")
+        if "random_prune" in config.imp.baselines:
+            raise TicketlabError("the random pruning baseline would draw forbidden weights; drop it with a start mask")
+        if sorted(start_mask) != sorted(plan.names) or plan.units is not None:
+            raise TicketlabError(f"a starting mask must cover exactly the prunable weights {plan.names}")
+        problem = Problem(
+            problem.data,
+            problem.init_model,
+            problem.fresh_model,
+            {**problem.identity, "start_mask": _mask_digest(start_mask)},
+        )
     with RunLock(run_dir):
         _check_identity(run_dir, config, problem)
         write_json(run_dir / "config.json", {"config": config.to_dict(), "hash": config.run_hash(), **problem.identity})
         bars = _Progress(progress)
         for replicate in range(config.imp.replicates):
-            _run_replicate(config, problem, plan, run_dir, replicate, bars)
+            _run_replicate(config, problem, plan, run_dir, replicate, bars, start_mask)
         rows = collect_results(run_dir, config)
         write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
     return rows
@@ -230,7 +251,17 @@ def _numel(model: nn.Module, name: str) -> int:
     return dict(model.named_parameters())[name].numel()
 
 
-def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir: Path, r: int, bars) -> None:
+def _mask_digest(mask: M.Mask) -> str:
+    h = hashlib.sha256()
+    for n in sorted(mask):
+        h.update(n.encode())
+        h.update(mask[n].cpu().numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def _run_replicate(
+    cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir: Path, r: int, bars, start_mask=None
+) -> None:
     data, seed = problem.data, cfg.imp.seed
     data_seed = derive_seed(seed, r, "data")
     model = problem.init_model(r)
@@ -240,7 +271,11 @@ def _run_replicate(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir
     dense = JobDir(run_dir, r, 0, "ticket")
     level0 = dense.path.parent
     if not dense.done:
-        full = _full_mask(model, plan)
+        full = (
+            _full_mask(model, plan)
+            if start_mask is None
+            else {n: m.to(problem.data.train.x.device) for n, m in start_mask.items()}
+        )
         save_tensors(level0 / "init.safetensors", _state(model))
         M.save_mask(level0 / "mask.safetensors", full)
         result = _train_job(
@@ -549,11 +584,11 @@ def imp(
     config: ExperimentConfig, *, out: str | Path = "runs", device: str = "auto", progress: bool = False
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run the configured experiment under ``out/<model>-<dataset>-<hash>``; everything is validated first."""
-    from ticketlab.data import load_dataset
+    from ticketlab.data import load_configured
 
     dev = resolve_device(device)
     d = config.data
-    data = load_dataset(d.dataset, data_dir=d.data_dir or None, val_size=d.val_size, augment=d.augment, device=dev)
+    data = load_configured(d, dev)
     problem = registry_problem(config, data)
     run_dir = Path(out) / f"{config.model.model}-{config.data.dataset}-{config.run_hash()}"
     return run_dir, run_imp(config, problem, run_dir, progress=progress)
