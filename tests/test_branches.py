@@ -53,6 +53,7 @@ def test_finetune_starts_from_the_trained_weights_at_the_final_lr(trunk):
 
 def test_lr_rewind_keeps_the_trained_weights_but_replays_the_schedule_from_k(trunk):
     run_branch(trunk, "lr_rewind", levels=[1])
+    run_branch(trunk, "finetune", levels=[1])  # (no work when the finetune test ran first)
     assert all(
         torch.equal(a, b) for a, b in zip(_start(trunk, "lr_rewind").values(), _start(trunk, "finetune").values())
     )
@@ -196,3 +197,32 @@ def test_transfer_changes_only_the_output_layer(trunk):
     )
     ticket = load_tensors(JobDir(trunk, 0, 1, "ticket").file("init.safetensors"))
     assert all(torch.equal(t, ticket[n]) for n, t in load_tensors(job / "init.safetensors").items())
+
+
+def test_rewind_to_another_step_replays_the_dense_training_bit_for_bit(trunk):
+    # to the trunk's own k: theta_k reproduced exactly, so the branch is the ticket itself
+    run_branch(trunk, "rewind", levels=[1], options={"to": "10it"})
+    level0 = JobDir(trunk, 0, 0, "ticket").path.parent
+    replayed, saved = load_tensors(level0 / "dense_10it.safetensors"), load_tensors(level0 / "rewind.safetensors")
+    assert all(torch.equal(replayed[n], saved[n]) for n in saved)
+    job = next(
+        p
+        for p in (trunk / "replicate_0" / "level_1").glob("rewind-*")
+        if "10it" in read_json(p / "result.json")["branch"]
+    )
+    ticket = JobDir(trunk, 0, 1, "ticket")
+    assert read_json(job / "result.json")["final_test_acc"] == ticket.result()["final_test_acc"]
+    assert (job / "metrics.jsonl").read_text() == ticket.file("metrics.jsonl").read_text()
+    # to 30it: the dense weights of step 30, masked, trained from step 30 on (30 iterations left of 60)
+    run_branch(trunk, "rewind", levels=[1], options={"to": "30it"})
+    mask, _, _ = _level(trunk)
+    later = load_tensors(level0 / "dense_30it.safetensors")
+    job = next(
+        p
+        for p in (trunk / "replicate_0" / "level_1").glob("rewind-*")
+        if "30it" in read_json(p / "result.json")["branch"]
+    )
+    start = load_tensors(job / "init.safetensors")
+    assert all(torch.equal(start[n], later[n] * mask[n]) for n in mask)
+    assert not torch.equal(later["fc.0.weight"], saved["fc.0.weight"])
+    assert (job / "metrics.jsonl").read_text().startswith('{"step": 30')

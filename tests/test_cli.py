@@ -292,7 +292,7 @@ def test_disjoint_command(tmp_path):
     out = tmp_path / "out"
     proc = ticketlab("disjoint", *TINY, "--tickets", "2", "--out", str(out), check=True)
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("round  weights forbidden") and [ln.split()[0] for ln in lines[2:4]] == ["0", "1"]
+    assert lines[0].startswith("round  earlier tickets hold") and [ln.split()[0] for ln in lines[2:4]] == ["0", "1"]
     assert len(read_csv(next(out.glob("disjoint-*")) / "disjoint.csv")) == 2
     bad = ticketlab("disjoint", *TINY, "--tickets", "0", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "must be >= 1" in bad.stderr and not (tmp_path / "bad").exists()

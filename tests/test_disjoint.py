@@ -7,7 +7,7 @@ from conftest import tiny_config
 from ticketlab import masks as M
 from ticketlab.disjoint import disjoint
 from ticketlab.errors import TicketlabError
-from ticketlab.store import JobDir
+from ticketlab.store import JobDir, load_tensors
 
 
 def test_disjoint_tickets_share_no_weights_and_each_round_starts_without_the_earlier_ones(tmp_path, capsys):
@@ -37,3 +37,23 @@ def test_disjoint_tickets_share_no_weights_and_each_round_starts_without_the_ear
 def test_disjoint_refuses_one_shot_pruning(tmp_path):
     with pytest.raises(TicketlabError, match="iterative pruning"):
         disjoint(tiny_config(imp={"one_shot": True}), 2, out=tmp_path)
+
+
+def test_reinit_mode_redraws_earlier_tickets_weights_and_keeps_them_available(tmp_path):
+    cfg = tiny_config(imp={"levels": 2, "baselines": ()})
+    where, rows = disjoint(cfg, 2, exclude="reinit", out=tmp_path)
+    first = M.load_mask(JobDir(where / "round_0", 0, 2, "ticket").path.parent / "mask.safetensors")
+    inits = [
+        load_tensors(JobDir(where / f"round_{i}", 0, 0, "ticket").path.parent / "init.safetensors") for i in (0, 1)
+    ]
+    start = M.load_mask(JobDir(where / "round_1", 0, 0, "ticket").path.parent / "mask.safetensors")
+    assert all(bool(m.all()) for m in start.values())  # nothing forbidden
+    for n, m in first.items():
+        assert torch.equal(inits[1][n][~m], inits[0][n][~m])  # the rest of theta_0 untouched
+        assert bool((inits[1][n][m] != inits[0][n][m]).all())  # the ticket's weights re-drawn
+    assert rows[1]["overlap"] == M.count(
+        {
+            n: first[n] & M.load_mask(JobDir(where / "round_1", 0, 2, "ticket").path.parent / "mask.safetensors")[n]
+            for n in first
+        }
+    )

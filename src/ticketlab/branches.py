@@ -43,6 +43,8 @@ class Start:
     total: int  # the end of training (iterations)
     per_epoch: int  # iterations per epoch
     seed: int  # this branch's own seed (replicate, level, name)
+    dense_at: Callable[[int], State]  # the dense network's weights after any number of iterations
+    begin: int | None = None  # where a branch's training starts, when not at k (set by the branch)
 
 
 # A branch returns the weights to train from (a full state dict), the mask, and the training config.
@@ -87,6 +89,20 @@ def reinit(s: Start, fresh: Callable[[int], nn.Module]) -> tuple[State, M.Mask, 
 
     model = fresh(derive_seed(s.cfg.imp.seed, s.replicate, s.level, "reinit"))
     return _masked(model.state_dict(), s.mask), s.mask, s.cfg.train
+
+
+@_register(to="")
+def rewind(s: Start, fresh: Callable[[int], nn.Module], to: str) -> tuple[State, M.Mask, Any]:
+    """The ticket's mask on the dense network's weights at another step than the trunk's k (``to``: 0it, 500it,
+    2ep, ...), trained from there with the schedule from there (Frankle et al. 2020's rewinding sweep). The
+    weights at that step are reproduced by replaying the dense training (same seed and data order)."""
+    if not to:
+        raise TicketlabError("rewind needs --to, e.g. --to 100it or --to 1ep")
+    step = Step.parse(to).iterations(s.per_epoch)
+    if step >= s.total:
+        raise TicketlabError(f"rewind --to {to} ({step} it) must come before the end of training ({s.total} it)")
+    s.begin = step
+    return _masked(s.dense_at(step), s.mask), s.mask, s.cfg.train
 
 
 @_register()
@@ -368,8 +384,10 @@ def run_branch(
                     total=plan.total,
                     per_epoch=iterations_per_epoch(len(data.train), cfg.train.batch_size),
                     seed=derive_seed(cfg.imp.seed, r, level, "branch", tag),
+                    dense_at=lambda step, r=r, level0=level0: _dense_at(cfg, problem, level0, r, step, dev),
                 )
                 state, mask, train_cfg = fn(start, target_problem.fresh_model, **opts)
+                begin = plan.k if start.begin is None else start.begin
                 train_cfg = train_cfg or target.train
                 model = target_problem.init_model(r)
                 model.load_state_dict(state)
@@ -378,11 +396,50 @@ def run_branch(
                 save_tensors(job.file("init.safetensors"), model.state_dict())
                 branch_cfg = target.replace(train=_as_dict(train_cfg))
                 data_seed = derive_seed(cfg.imp.seed, r, "data")
-                result = _train_job(model, target_data, branch_cfg, mask, data_seed, plan.k, _Progress(progress), job)
+                result = _train_job(model, target_data, branch_cfg, mask, data_seed, begin, _Progress(progress), job)
                 _finish(job, model, mask, result, label=tag, options=opts)
         rows = collect_results(run_dir, cfg)
         write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
     return rows
+
+
+class _Reached(Exception):
+    pass
+
+
+def _dense_at(cfg: ExperimentConfig, problem, level0: Path, r: int, step: int, device) -> State:
+    """The dense network's weights after ``step`` iterations: theta_0, theta_k, or the trunk's dense training
+    replayed from theta_0 to ``step`` (bit for bit the trunk's, on the same machine), cached in level 0."""
+    from ticketlab.imp import _state, derive_seed
+    from ticketlab.training import train
+
+    if step == 0:
+        return load_tensors(level0 / "init.safetensors", device)
+    path = level0 / f"dense_{step}it.safetensors"
+    if not path.exists():
+        model = problem.init_model(r)
+        model.load_state_dict(load_tensors(level0 / "init.safetensors", device))
+        mask = M.load_mask(level0 / "mask.safetensors", device)
+        saved: list[State] = []
+
+        def stop(m: nn.Module) -> None:
+            saved.append(_state(m))
+            raise _Reached
+
+        try:
+            train(
+                model,
+                problem.data,
+                cfg.train,
+                mask=mask,
+                data_seed=derive_seed(cfg.imp.seed, r, "data"),
+                save_at=step,
+                on_save=stop,
+            )
+        except _Reached:
+            pass
+        save_tensors(path, saved[0])
+    return load_tensors(path, device)
 
 
 def _as_dict(train_cfg) -> dict[str, Any]:

@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _run_flags(dj)
     dj.add_argument("--tickets", type=int, default=3, help="how many disjoint tickets to find (default: 3)")
+    dj.add_argument(
+        "--exclude",
+        default="forbid",
+        choices=("forbid", "reinit"),
+        help="forbid earlier tickets' weights, or re-initialise them and let the search use them again "
+        "(default: forbid)",
+    )
     _add_config_flags(dj)
     e = sub.add_parser(
         "export",
@@ -119,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "level's ticket, changes one thing, and trains with the trunk's data order and budget. Rows join the "
         "run's results.csv (options in the branch name); running the same branch again does no work. Branches: "
         "reinit, random_prune [--strategy trunk|layerwise|global], finetune (trained weights, final LR), "
-        "lr_rewind (trained weights, schedule replayed from k), partial_rewind --layers NAMES, "
+        "lr_rewind (trained weights, schedule replayed from k), rewind --to STEP (another rewind point), "
+        "partial_rewind --layers NAMES, "
         "sign_only [--magnitudes constant|resample], perturb [--noise S] [--flip F] "
         "[--shuffle global|layer|filter|sign], transfer [--dataset D] [--classes 5,6,7] [--optimizer O] [--lr LR].",
     )
@@ -136,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--noise", "perturb: Gaussian noise, in units of each layer's std at initialisation"),
         ("--flip", "perturb: fraction of kept weights whose sign is flipped"),
         ("--shuffle", "perturb: shuffle kept values globally, within layer, filter, or same-sign group"),
+        ("--to", "rewind: the step whose dense weights the ticket starts from, e.g. 100it or 1ep"),
         ("--dataset", "transfer: train the ticket on this dataset"),
         ("--classes", "transfer: on these classes of it, e.g. 5,6,7,8,9"),
         ("--optimizer", "transfer: with this optimizer"),
@@ -201,7 +210,19 @@ def _branch(args: argparse.Namespace) -> int:
     from ticketlab.branches import run_branch
     from ticketlab.report import table
 
-    names = ("strategy", "layers", "magnitudes", "noise", "flip", "shuffle", "dataset", "classes", "optimizer", "lr")
+    names = (
+        "strategy",
+        "layers",
+        "magnitudes",
+        "noise",
+        "flip",
+        "shuffle",
+        "to",
+        "dataset",
+        "classes",
+        "optimizer",
+        "lr",
+    )
     options = {k: getattr(args, k) for k in (*names, "reinit_output")}
     options = {k: v for k, v in options.items() if v is not None}
     try:
@@ -222,7 +243,7 @@ def _disjoint(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    where, rows = disjoint(cfg, args.tickets, out=args.out, device=args.device, progress=progress)
+    where, rows = disjoint(cfg, args.tickets, exclude=args.exclude, out=args.out, device=args.device, progress=progress)
     print(table(rows))
     print(f"\nrounds: {where / 'disjoint.csv'}")
     return 0
