@@ -226,3 +226,15 @@ def test_rewind_to_another_step_replays_the_dense_training_bit_for_bit(trunk):
     assert all(torch.equal(start[n], later[n] * mask[n]) for n in mask)
     assert not torch.equal(later["fc.0.weight"], saved["fc.0.weight"])
     assert (job / "metrics.jsonl").read_text().startswith('{"step": 30')
+
+
+def test_random_prune_after_the_fact_is_the_trunks_own_baseline(tmp_path):
+    data = load_dataset("synthetic")
+    prune = {"strategy": "global", "keep_dense": ("last",)}  # pools: fc.0 + fc.1 under one threshold, fc.2 alone
+    with_baseline = tiny_config(prune=prune, imp={"levels": 1, "baselines": ("random_prune",)})
+    run_imp(with_baseline, registry_problem(with_baseline, data), tmp_path / "a")
+    without = tiny_config(prune=prune, imp={"levels": 1, "baselines": ()})
+    run_imp(without, registry_problem(without, data), tmp_path / "b")
+    run_branch(tmp_path / "b", "random_prune")
+    a, b = (M.load_mask(JobDir(tmp_path / d, 0, 1, "random_prune").file("mask.safetensors")) for d in "ab")
+    assert all(torch.equal(a[n], b[n]) for n in a) and bool(b["fc.2.weight"].all())

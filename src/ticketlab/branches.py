@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +45,8 @@ class Start:
     per_epoch: int  # iterations per epoch
     seed: int  # this branch's own seed (replicate, level, name)
     dense_at: Callable[[int], State]  # the dense network's weights after any number of iterations
+    trunk_random: Callable[[], M.Mask]  # the trunk's own random-pruning baseline mask for this level
+    structured: bool  # the run prunes whole units (masks also hold biases and norm parameters)
     begin: int | None = None  # where a branch's training starts, when not at k (set by the branch)
 
 
@@ -69,16 +72,17 @@ def random_prune(s: Start, fresh: Callable[[int], nn.Module], strategy: str) -> 
     """A random mask at the ticket's densities (per layer, or per pool of layers under one threshold), from theta_k.
     ``strategy``: trunk (as the trunk's baseline pools them), layerwise, or global."""
     from ticketlab.imp import derive_seed
+    from ticketlab.pruning import random_mask
 
     if strategy not in ("trunk", "layerwise", "global"):
         raise TicketlabError(f"random_prune: strategy must be trunk, layerwise or global, not {strategy!r}")
-    if strategy == "layerwise" or (strategy == "trunk" and s.cfg.prune.strategy != "global"):
-        pools = [(n,) for n in s.mask]
+    if strategy == "trunk":  # exactly the trunk's baseline (its pools, its seed): the same job
+        mask = s.trunk_random()
     else:
-        pools = [tuple(s.mask)]
-    from ticketlab.pruning import random_mask
-
-    mask = random_mask(s.mask, derive_seed(s.cfg.imp.seed, s.replicate, s.level, "random_prune"), pools)
+        if s.structured:
+            raise TicketlabError("random_prune: a structured run's baseline is random units; use --strategy trunk")
+        pools = [(n,) for n in s.mask] if strategy == "layerwise" else [tuple(s.mask)]
+        mask = random_mask(s.mask, derive_seed(s.cfg.imp.seed, s.replicate, s.level, "random_prune", strategy), pools)
     return _masked(s.rewind, mask), mask, s.cfg.train
 
 
@@ -142,6 +146,7 @@ def sign_only(s: Start, fresh: Callable[[int], nn.Module], magnitudes: str) -> t
     deviation at initialisation, or ``resample``, those of a new initialisation."""
     if magnitudes not in ("constant", "resample"):
         raise TicketlabError(f"sign_only: magnitudes must be constant or resample, not {magnitudes!r}")
+    _weights_only(s, "sign_only")
     new = fresh(s.seed).state_dict() if magnitudes == "resample" else None
     state = {n: t.clone() for n, t in s.rewind.items()}
     for n in s.mask:
@@ -226,6 +231,9 @@ def perturb(
         raise TicketlabError(f"perturb: noise must be >= 0 and flip in [0, 1], got noise={noise}, flip={flip}")
     if noise == 0 and flip == 0 and shuffle == "none":
         raise TicketlabError("perturb needs --noise, --flip or --shuffle")
+    if not math.isfinite(noise):
+        raise TicketlabError(f"perturb: noise must be a finite number, got {noise}")
+    _weights_only(s, "perturb")
     g = torch.Generator().manual_seed(s.seed)
     state = {n: t.clone() for n, t in s.rewind.items()}
     for n, m in s.mask.items():
@@ -242,6 +250,11 @@ def perturb(
     if shuffle != "none":
         _shuffle(state, s.mask, shuffle, g)
     return _masked(state, s.mask), s.mask, s.cfg.train
+
+
+def _weights_only(s: Start, name: str) -> None:
+    if s.structured:  # its masks hold BatchNorm scales and biases, which have no init spread of their own
+        raise TicketlabError(f"{name} changes weights one by one; it does not apply to a structured (--units) run")
 
 
 def _shuffle(state: State, mask: M.Mask, how: str, g: torch.Generator) -> None:
@@ -318,6 +331,7 @@ def run_branch(
         RESULT_COLUMNS,
         _finish,
         _Progress,
+        _random_baseline,
         _train_job,
         collect_results,
         derive_seed,
@@ -333,6 +347,8 @@ def run_branch(
     saved = read_json(run_dir / "config.json")
     if "weights" in saved:
         raise TicketlabError(f"{run_dir} was run on your own model; branches need a registered model")
+    if "start_mask" in saved and name in ("random_prune", "transfer"):
+        raise TicketlabError(f"{name} would draw weights this run forbids (a disjoint-tickets round)")
     cfg = from_dict(saved["config"])
     tag = label(name, opts)
     finished = [lv for lv in range(1, level_count(cfg) + 1) if JobDir(run_dir, 0, lv, "ticket").done]
@@ -372,11 +388,12 @@ def run_branch(
                 if job.done or not JobDir(run_dir, r, level, "ticket").done:
                     continue
                 source = 0 if (cfg.imp.one_shot or cfg.imp.at_init) else level - 1
+                ticket_mask = M.load_mask(job.path.parent / "mask.safetensors", dev)
                 start = Start(
                     cfg=cfg,
                     replicate=r,
                     level=level,
-                    mask=M.load_mask(job.path.parent / "mask.safetensors", dev),
+                    mask=ticket_mask,
                     rewind=load_tensors(level0 / "rewind.safetensors", dev),
                     init=load_tensors(level0 / "init.safetensors", dev),
                     trained=load_tensors(JobDir(run_dir, r, source, "ticket").file("final.safetensors"), dev),
@@ -385,6 +402,10 @@ def run_branch(
                     per_epoch=iterations_per_epoch(len(data.train), cfg.train.batch_size),
                     seed=derive_seed(cfg.imp.seed, r, level, "branch", tag),
                     dense_at=lambda step, r=r, level0=level0: _dense_at(cfg, problem, level0, r, step, dev),
+                    trunk_random=lambda r=r, level=level, m=ticket_mask: _random_baseline(
+                        plan, problem, m, derive_seed(cfg.imp.seed, r, level, "random_prune")
+                    ),
+                    structured=plan.units is not None,
                 )
                 state, mask, train_cfg = fn(start, target_problem.fresh_model, **opts)
                 begin = plan.k if start.begin is None else start.begin

@@ -50,7 +50,9 @@ def disjoint(
     dev = resolve_device(device)
     data = load_configured(config.data, dev)
     problem = registry_problem(config, data)
-    where = Path(out) / f"disjoint-{exclude}-{config.model.model}-{config.data.dataset}-{config.run_hash()}"
+    # levels are not in the run hash (extending a run reuses it), but every round here depends on them
+    name = f"disjoint-{exclude}-{config.model.model}-{config.data.dataset}-{config.run_hash()}-L{config.imp.levels}"
+    where = Path(out) / name
     last = level_count(config)
     forbidden: M.Mask | None = None
     rows = []
@@ -62,7 +64,9 @@ def disjoint(
         else:
             redraw = derive_seed(config.imp.seed, "disjoint", i)
             init = _reinitialised(problem.init_model, problem.fresh_model, dict(forbidden), redraw)
-            identity = {**problem.identity, "reinitialised": f"round {i}"}
+            from ticketlab.imp import _mask_digest
+
+            identity = {**problem.identity, "reinitialised": _mask_digest(forbidden)}
             run_imp(config, Problem(data, init, problem.fresh_model, identity), run_dir, progress=progress)
         ticket = M.load_mask(JobDir(run_dir, 0, last, "ticket").path.parent / "mask.safetensors", dev)
         overlap = 0 if forbidden is None else M.count({n: ticket[n] & forbidden[n] for n in ticket})
