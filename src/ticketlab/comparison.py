@@ -9,7 +9,6 @@ prune the trained dense network once and rewind (one-shot), as they need its fin
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from ticketlab.config import CRITERIA, ExperimentConfig
 from ticketlab.errors import TicketlabError
-from ticketlab.store import atomic_write_bytes, write_csv
+from ticketlab.store import write_csv
 
 MODES = ("auto", "at-init", "one-shot")
 COLUMNS = ["criterion", "mode", "target_density", "density", "replicate", "final_test_acc", "best_test_acc"]
@@ -136,7 +135,8 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_test_acc")
 
     summary = summarize(rows, metric)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for criterion, by_density in summary.items():
+    colors = plt.get_cmap("tab20").colors  # 14 criteria: the default 10-colour cycle would repeat
+    for i, (criterion, by_density) in enumerate(summary.items()):
         if criterion == "dense":
             ax.axhline(100 * np.mean(by_density[1.0]), color="k", linestyle=":", label="dense")
             continue
@@ -149,17 +149,20 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_test_acc")
             ms=3,
             capsize=2,
             label=criterion,
+            color=colors[i % len(colors)],
+            linestyle="--" if criterion in AT_INIT_BY_DEFAULT else "-",
         )
     ax.set_xscale("log")
     ax.invert_xaxis()
+    ticks = sorted({100 * d for s in summary.values() for d in s if d < 1}, reverse=True)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel(f"test accuracy (%) [{metric}]")
-    ax.set_title("pruning criteria compared")
+    ax.set_title("pruning criteria compared (dashed: scored at initialisation)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
+    from ticketlab.report import save_figure
+
+    return save_figure(fig, path)

@@ -104,6 +104,13 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_test_acc",
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=45, fontsize=8)
     ax.minorticks_off()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
