@@ -238,3 +238,11 @@ def test_random_prune_after_the_fact_is_the_trunks_own_baseline(tmp_path):
     run_branch(tmp_path / "b", "random_prune")
     a, b = (M.load_mask(JobDir(tmp_path / d, 0, 1, "random_prune").file("mask.safetensors")) for d in "ab")
     assert all(torch.equal(a[n], b[n]) for n in a) and bool(b["fc.2.weight"].all())
+
+
+def test_options_written_differently_are_one_request():
+    from ticketlab.branches import label, parse_options
+
+    a, b = parse_options("transfer", {"classes": "5, 6,7"}), parse_options("transfer", {"classes": "5,6,7"})
+    assert a == b and label("transfer", a) == "transfer[classes=5,6,7]"
+    assert parse_options("perturb", {"noise": "0.5"})["noise"] == 0.5

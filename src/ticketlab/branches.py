@@ -312,6 +312,8 @@ def parse_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
             out[k] = type(defaults[k])(v)
         except ValueError:
             raise TicketlabError(f"branch {name}: cannot read {k}={v!r} as {type(defaults[k]).__name__}") from None
+        if isinstance(out[k], str):  # "5, 6" and "5,6" are one request, one job
+            out[k] = ",".join(part.strip() for part in out[k].split(",") if part.strip())
     return out
 
 
