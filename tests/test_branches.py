@@ -8,8 +8,10 @@ from ticketlab import masks as M
 from ticketlab.branches import run_branch
 from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
-from ticketlab.imp import registry_problem, run_imp
-from ticketlab.store import JobDir, load_tensors, read_csv, read_json
+from ticketlab.imp import run_imp
+from ticketlab.problem import registry_problem
+from ticketlab.rundir import RunDir
+from ticketlab.store import load_tensors, read_csv, read_json, read_record
 
 # SGD with a step schedule, so that fine-tuning (final LR) and LR rewinding (the schedule from k) differ
 TRAIN = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "step", "milestones": ("40it",), "gamma": 0.1}
@@ -24,21 +26,21 @@ def trunk(tmp_path_factory):
 
 
 def _start(run, branch, level=1):
-    return load_tensors(JobDir(run, 0, level, branch).file("init.safetensors"))
+    return load_tensors(RunDir(run).job(0, level, branch).init)
 
 
 def _level(run, level=1):
-    d = JobDir(run, 0, level, "ticket").path.parent
+    d = RunDir(run).level(0, level).path
     mask = M.load_mask(d / "mask.safetensors")
-    rewind = load_tensors(JobDir(run, 0, 0, "ticket").path.parent / "rewind.safetensors")
-    trained = load_tensors(JobDir(run, 0, level - 1, "ticket").file("final.safetensors"))
+    rewind = load_tensors(RunDir(run).level(0, 0).rewind)
+    trained = load_tensors(RunDir(run).job(0, level - 1, "ticket").final)
     return mask, rewind, trained
 
 
 def _metrics_lr(run, branch, level=1):
     import json
 
-    lines = JobDir(run, 0, level, branch).file("metrics.jsonl").read_text().splitlines()
+    lines = RunDir(run).job(0, level, branch).metrics.read_text().splitlines()
     return [json.loads(x)["lr"] for x in lines]
 
 
@@ -79,7 +81,7 @@ def test_sign_only_keeps_every_sign_with_one_magnitude_per_layer(trunk):
     run_branch(trunk, "sign_only", levels=[1])
     mask, rewind, _ = _level(trunk)
     start = _start(trunk, "sign_only")
-    init = load_tensors(JobDir(trunk, 0, 0, "ticket").path.parent / "init.safetensors")
+    init = load_tensors(RunDir(trunk).level(0, 0).init)
     for n, m in mask.items():
         assert torch.equal(torch.sign(start[n][m]), torch.sign(rewind[n][m]))
         assert torch.allclose(start[n][m].abs(), init[n].std().expand(int(m.sum())))
@@ -118,7 +120,7 @@ def test_noise_has_the_requested_scale_and_flips_the_requested_count(trunk):
     run_branch(trunk, "perturb", levels=[1], options={"noise": 0.5})
     run_branch(trunk, "perturb", levels=[1], options={"flip": 0.25})
     mask, rewind, _ = _level(trunk)
-    init = load_tensors(JobDir(trunk, 0, 0, "ticket").path.parent / "init.safetensors")
+    init = load_tensors(RunDir(trunk).level(0, 0).init)
     jobs = {read_json(p / "result.json")["branch"]: p for p in (trunk / "replicate_0" / "level_1").glob("perturb-*")}
     noisy = load_tensors(jobs["perturb[noise=0.5]"] / "init.safetensors")
     m = mask["fc.0.weight"]
@@ -132,7 +134,7 @@ def test_noise_has_the_requested_scale_and_flips_the_requested_count(trunk):
 
 def test_rows_land_in_results_and_a_second_identical_command_does_no_work(trunk, capsys):
     run_branch(trunk, "finetune")  # levels 1 (done above) and 2
-    job = JobDir(trunk, 0, 2, "finetune").file("result.json")
+    job = RunDir(trunk).job(0, 2, "finetune").result
     stamp = job.stat().st_mtime_ns
     capsys.readouterr()
     rows = run_branch(trunk, "finetune")
@@ -140,9 +142,9 @@ def test_rows_land_in_results_and_a_second_identical_command_does_no_work(trunk,
     assert sorted(r["level"] for r in rows if r["branch"] == "finetune") == [1, 2]
     assert {"ticket", "reinit", "finetune"} <= {r["branch"] for r in read_csv(trunk / "results.csv")}
     # the re-init baseline asked for after the fact is the trunk's own job: nothing runs
-    stamp = JobDir(trunk, 0, 1, "reinit").file("result.json").stat().st_mtime_ns
+    stamp = RunDir(trunk).job(0, 1, "reinit").result.stat().st_mtime_ns
     run_branch(trunk, "reinit")
-    assert JobDir(trunk, 0, 1, "reinit").file("result.json").stat().st_mtime_ns == stamp
+    assert RunDir(trunk).job(0, 1, "reinit").result.stat().st_mtime_ns == stamp
 
 
 def test_random_prune_after_the_fact_matches_the_tickets_counts(trunk):
@@ -195,14 +197,14 @@ def test_transfer_changes_only_the_output_layer(trunk):
         for p in (trunk / "replicate_0" / "level_1").glob("transfer-*")
         if "adam" in read_json(p / "result.json")["branch"]
     )
-    ticket = load_tensors(JobDir(trunk, 0, 1, "ticket").file("init.safetensors"))
+    ticket = load_tensors(RunDir(trunk).job(0, 1, "ticket").init)
     assert all(torch.equal(t, ticket[n]) for n, t in load_tensors(job / "init.safetensors").items())
 
 
 def test_rewind_to_another_step_replays_the_dense_training_bit_for_bit(trunk):
     # to the trunk's own k: theta_k reproduced exactly, so the branch is the ticket itself
     run_branch(trunk, "rewind", levels=[1], options={"to": "10it"})
-    level0 = JobDir(trunk, 0, 0, "ticket").path.parent
+    level0 = RunDir(trunk).level(0, 0).path
     replayed, saved = load_tensors(level0 / "dense_10it.safetensors"), load_tensors(level0 / "rewind.safetensors")
     assert all(torch.equal(replayed[n], saved[n]) for n in saved)
     job = next(
@@ -210,9 +212,9 @@ def test_rewind_to_another_step_replays_the_dense_training_bit_for_bit(trunk):
         for p in (trunk / "replicate_0" / "level_1").glob("rewind-*")
         if "10it" in read_json(p / "result.json")["branch"]
     )
-    ticket = JobDir(trunk, 0, 1, "ticket")
-    assert read_json(job / "result.json")["final_test_acc"] == ticket.result()["final_test_acc"]
-    assert (job / "metrics.jsonl").read_text() == ticket.file("metrics.jsonl").read_text()
+    ticket = RunDir(trunk).job(0, 1, "ticket")
+    assert read_json(job / "result.json")["final_test_acc"] == read_record(ticket.result)["final_test_acc"]
+    assert (job / "metrics.jsonl").read_text() == ticket.metrics.read_text()
     # to 30it: the dense weights of step 30, masked, trained from step 30 on (30 iterations left of 60)
     run_branch(trunk, "rewind", levels=[1], options={"to": "30it"})
     mask, _, _ = _level(trunk)
@@ -236,7 +238,7 @@ def test_random_prune_after_the_fact_is_the_trunks_own_baseline(tmp_path):
     without = tiny_config(prune=prune, imp={"levels": 1, "baselines": ()})
     run_imp(without, registry_problem(without, data), tmp_path / "b")
     run_branch(tmp_path / "b", "random_prune")
-    a, b = (M.load_mask(JobDir(tmp_path / d, 0, 1, "random_prune").file("mask.safetensors")) for d in "ab")
+    a, b = (M.load_mask(RunDir(tmp_path / d).job(0, 1, "random_prune").mask) for d in "ab")
     assert all(torch.equal(a[n], b[n]) for n in a) and bool(b["fc.2.weight"].all())
 
 

@@ -7,18 +7,15 @@ from conftest import tiny_config
 from ticketlab import masks as M
 from ticketlab.disjoint import disjoint
 from ticketlab.errors import TicketlabError
-from ticketlab.store import JobDir, load_tensors
+from ticketlab.rundir import RunDir
+from ticketlab.store import load_tensors
 
 
 def test_disjoint_tickets_share_no_weights_and_each_round_starts_without_the_earlier_ones(tmp_path, capsys):
     cfg = tiny_config(imp={"levels": 2, "baselines": ()})
     where, rows = disjoint(cfg, 3, out=tmp_path)
-    masks = [
-        M.load_mask(JobDir(where / f"round_{i}", 0, 2, "ticket").path.parent / "mask.safetensors") for i in range(3)
-    ]
-    starts = [
-        M.load_mask(JobDir(where / f"round_{i}", 0, 0, "ticket").path.parent / "mask.safetensors") for i in range(3)
-    ]
+    masks = [M.load_mask(RunDir(where / f"round_{i}").level(0, 2).mask) for i in range(3)]
+    starts = [M.load_mask(RunDir(where / f"round_{i}").level(0, 0).mask) for i in range(3)]
     for i in range(3):
         for j in range(i):
             assert not any(bool((masks[i][n] & masks[j][n]).any()) for n in masks[i])
@@ -42,18 +39,13 @@ def test_disjoint_refuses_one_shot_pruning(tmp_path):
 def test_reinit_mode_redraws_earlier_tickets_weights_and_keeps_them_available(tmp_path):
     cfg = tiny_config(imp={"levels": 2, "baselines": ()})
     where, rows = disjoint(cfg, 2, exclude="reinit", out=tmp_path)
-    first = M.load_mask(JobDir(where / "round_0", 0, 2, "ticket").path.parent / "mask.safetensors")
-    inits = [
-        load_tensors(JobDir(where / f"round_{i}", 0, 0, "ticket").path.parent / "init.safetensors") for i in (0, 1)
-    ]
-    start = M.load_mask(JobDir(where / "round_1", 0, 0, "ticket").path.parent / "mask.safetensors")
+    first = M.load_mask(RunDir(where / "round_0").level(0, 2).mask)
+    inits = [load_tensors(RunDir(where / f"round_{i}").level(0, 0).init) for i in (0, 1)]
+    start = M.load_mask(RunDir(where / "round_1").level(0, 0).mask)
     assert all(bool(m.all()) for m in start.values())  # nothing forbidden
     for n, m in first.items():
         assert torch.equal(inits[1][n][~m], inits[0][n][~m])  # the rest of theta_0 untouched
         assert bool((inits[1][n][m] != inits[0][n][m]).all())  # the ticket's weights re-drawn
     assert rows[1]["overlap"] == M.count(
-        {
-            n: first[n] & M.load_mask(JobDir(where / "round_1", 0, 2, "ticket").path.parent / "mask.safetensors")[n]
-            for n in first
-        }
+        {n: first[n] & M.load_mask(RunDir(where / "round_1").level(0, 2).mask)[n] for n in first}
     )

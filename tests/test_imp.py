@@ -5,10 +5,13 @@ from conftest import tiny_config
 from ticketlab import masks as M
 from ticketlab.data import batches, load_dataset
 from ticketlab.errors import TicketlabError
-from ticketlab.imp import derive_seed, load_ticket, registry_problem, run_imp
+from ticketlab.imp import run_imp
+from ticketlab.problem import registry_problem
 from ticketlab.pruning import keep_counts, prune_to
+from ticketlab.rundir import RunDir, load_ticket
 from ticketlab.scores import WITH_MODEL, Examples
-from ticketlab.store import JobDir, RunLock, load_tensors, read_csv
+from ticketlab.seeds import derive_seed
+from ticketlab.store import RunLock, load_tensors, read_csv, read_record
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +20,11 @@ def data():
 
 
 def _run(cfg, data, path):
-    return run_imp(cfg, registry_problem(cfg, data), path)
+    return run_imp(cfg, registry_problem(cfg, data), path).rows()
 
 
 def _masks(run_dir, levels, replicate=0):
-    return [M.load_mask(JobDir(run_dir, replicate, lv, "ticket").path.parent / "mask.safetensors") for lv in levels]
+    return [M.load_mask(RunDir(run_dir).level(replicate, lv).mask) for lv in levels]
 
 
 def test_masks_shrink_and_sparsity_is_exact_per_layer_and_globally(data, tmp_path):
@@ -54,14 +57,14 @@ def test_global_strategy_hits_the_global_count(data, tmp_path):
 def test_ticket_starts_from_the_rewound_weights_bit_for_bit(data, tmp_path):
     cfg = tiny_config(imp={"rewind": "10it", "baselines": ()})
     _run(cfg, data, tmp_path)
-    level0 = JobDir(tmp_path, 0, 0, "ticket").path.parent
+    level0 = RunDir(tmp_path).level(0, 0).path
     rewind = load_tensors(level0 / "rewind.safetensors")
     init = load_tensors(level0 / "init.safetensors")
     assert any(not torch.equal(rewind[k], init[k]) for k in init)  # k=10 differs from theta_0
     # theta_k equals a fresh network trained for exactly 10 iterations (same seed and data order)
     short = tiny_config(train={"steps": "10it"}, imp={"levels": 0, "rewind": "0it"})
     _run(short, data, tmp_path / "short")
-    final10 = load_tensors(JobDir(tmp_path / "short", 0, 0, "ticket").file("final.safetensors"))
+    final10 = load_tensors(RunDir(tmp_path / "short").job(0, 0, "ticket").final)
     assert all(torch.equal(rewind[k], final10[k]) for k in rewind)
     for level in (1, 2):
         ticket = load_ticket(tmp_path, level)
@@ -94,12 +97,12 @@ def test_baselines_use_the_ticket_densities(data, tmp_path):
         (2, "random_prune"),
     ]
     ticket_mask = _masks(tmp_path, [2])[0]
-    random = M.load_mask(JobDir(tmp_path, 0, 2, "random_prune").file("mask.safetensors"))
+    random = M.load_mask(RunDir(tmp_path).job(0, 2, "random_prune").mask)
     for name in ticket_mask:
         assert int(random[name].sum()) == int(ticket_mask[name].sum())
     assert M.hamming(random, ticket_mask) > 0
-    reinit_start = JobDir(tmp_path, 0, 2, "reinit")
-    assert reinit_start.result()["density"] == rows[4]["density"]
+    reinit_start = RunDir(tmp_path).job(0, 2, "reinit")
+    assert read_record(reinit_start.result)["density"] == rows[4]["density"]
 
 
 def test_one_shot_levels_match_the_iterative_density_ladder(data, tmp_path):
@@ -122,9 +125,9 @@ def test_one_shot_levels_match_the_iterative_density_ladder(data, tmp_path):
 def test_more_levels_and_replicates_reuse_finished_jobs(data, tmp_path):
     cfg = tiny_config(imp={"levels": 1, "baselines": ()})
     _run(cfg, data, tmp_path)
-    first = JobDir(tmp_path, 0, 1, "ticket").file("result.json").stat().st_mtime_ns
+    first = RunDir(tmp_path).job(0, 1, "ticket").result.stat().st_mtime_ns
     rows = _run(cfg.replace(imp={"levels": 2, "replicates": 2}), data, tmp_path)
-    assert JobDir(tmp_path, 0, 1, "ticket").file("result.json").stat().st_mtime_ns == first
+    assert RunDir(tmp_path).job(0, 1, "ticket").result.stat().st_mtime_ns == first
     assert sorted((r["replicate"], r["level"]) for r in rows) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert len(read_csv(tmp_path / "results.csv")) == 6
 
@@ -135,9 +138,9 @@ def test_a_half_finished_job_is_redone_and_results_match(data, tmp_path):
     _run(cfg, data, tmp_path / "cut")
     # Simulate a crash inside level 2: its result and final weights never got written.
     for branch in ("ticket", "reinit"):
-        job = JobDir(tmp_path / "cut", 0, 2, branch)
-        job.file("result.json").unlink()
-        job.file("final.safetensors").unlink()
+        job = RunDir(tmp_path / "cut").job(0, 2, branch)
+        job.result.unlink()
+        job.final.unlink()
     again = _run(cfg, data, tmp_path / "cut")
     key = ["replicate", "level", "branch", "density", "final_test_acc", "best_test_acc", "early_stop_step", "train_acc"]
     assert [[r[k] for k in key] for r in again] == [[r[k] for k in key] for r in full]
@@ -166,7 +169,6 @@ def test_rewinding_to_k_resumes_the_schedule_and_data_order(data, tmp_path):
     # Plain SGD keeps no optimizer state, so retraining the unpruned network from theta_k must land exactly on
     # the dense network's final weights -- only if the LR schedule (warmup, milestones) and the data order resume
     # at k exactly.
-    from ticketlab.imp import derive_seed
     from ticketlab.training import train
 
     cfg = tiny_config(
@@ -174,12 +176,12 @@ def test_rewinding_to_k_resumes_the_schedule_and_data_order(data, tmp_path):
         imp={"rewind": "20it", "levels": 0},
     )
     _run(cfg, data, tmp_path)
-    level0 = JobDir(tmp_path, 0, 0, "ticket")
+    level0 = RunDir(tmp_path).job(0, 0, "ticket")
     model = registry_problem(cfg, data).init_model(0)
     model.load_state_dict(load_tensors(level0.path.parent / "rewind.safetensors"))
     mask = M.full_mask(model, M.prunable_names(model))
     train(model, data, cfg.train, mask=mask, data_seed=derive_seed(cfg.imp.seed, 0, "data"), start=20)
-    final = load_tensors(level0.file("final.safetensors"))
+    final = load_tensors(level0.final)
     assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
 
 
@@ -242,7 +244,7 @@ def test_erk_and_dense_first_layer_in_imp(data, tmp_path):
     ticket = next(r for r in rows if r["level"] == 2 and r["branch"] == "ticket")
     # fc.0 dense (640), fc.1 at 128, the output layer at 160 -> 120 -> 90: the dense layer counts
     assert ticket["density"] == M.density(masks[2]) == (640 + 128 + 90) / (640 + 512 + 160)
-    rand = M.load_mask(JobDir(tmp_path, 0, 2, "random_prune").file("mask.safetensors"))
+    rand = M.load_mask(RunDir(tmp_path).job(0, 2, "random_prune").mask)
     assert all(int(rand[n].sum()) == int(masks[2][n].sum()) for n in rand)  # ERK: the ticket's count per layer
 
 
@@ -257,7 +259,7 @@ def test_layer_collapse_warns_or_refuses_with_a_density_table(data, tmp_path, ca
     )
     with pytest.raises(TicketlabError, match="layer collapse"):
         _run(refuse, data, tmp_path / "refuse")
-    assert not (JobDir(tmp_path / "refuse", 0, 1, "ticket").path.parent / "mask.safetensors").exists()
+    assert not (RunDir(tmp_path / "refuse").level(0, 1).mask).exists()
 
 
 def _alive_counts(mask, layers):
@@ -277,9 +279,9 @@ def test_structured_levels_remove_whole_neurons_exactly_and_export_to_a_smaller_
     dead = ~m["fc.0.weight"].any(1)
     assert torch.equal(m["fc.0.bias"], ~dead)  # a dead neuron's bias goes with it
     assert not m["fc.1.weight"][:, dead].any()  # and so do the weights that read it
-    final = load_tensors(JobDir(tmp_path, 0, 2, "ticket").file("final.safetensors"))
+    final = load_tensors(RunDir(tmp_path).job(0, 2, "ticket").final)
     assert all(bool((final[n][~m[n]] == 0).all()) for n in m)  # pruned biases stayed zero through training
-    rand = M.load_mask(JobDir(tmp_path, 0, 2, "random_prune").file("mask.safetensors"))
+    rand = M.load_mask(RunDir(tmp_path).job(0, 2, "random_prune").mask)
     assert _alive_counts(rand, ["fc.0", "fc.1"]) == [8, 4] and not torch.equal(rand["fc.0.bias"], m["fc.0.bias"])
     assert M.count(rand) == M.count(m)  # random neurons, as many per layer: the same weights left
 
@@ -303,7 +305,7 @@ def test_network_slimming_prunes_filters_by_batchnorm_scale_under_one_threshold(
         imp={"levels": 1, "baselines": ()},
     )
     _run(cfg, images, tmp_path)
-    trained = load_tensors(JobDir(tmp_path, 0, 0, "ticket").file("final.safetensors"))
+    trained = load_tensors(RunDir(tmp_path).job(0, 0, "ticket").final)
     mask = _masks(tmp_path, [1])[0]
     # the units are the two convs' filters (8 each; the fc layers have no BatchNorm): 16 -> 8, by |gamma|
     gamma = torch.cat([trained["features.1.weight"], trained["features.4.weight"]]).abs()

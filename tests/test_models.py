@@ -6,11 +6,13 @@ from torch import nn
 from ticketlab import masks as M
 from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
-from ticketlab.imp import registry_problem, run_imp
+from ticketlab.imp import run_imp
 from ticketlab.models import INIT_SCHEMES, NORMS, create_model, initialize, model_arguments, model_names
+from ticketlab.problem import registry_problem
 from ticketlab.pruning import plan_groups, prune
+from ticketlab.rundir import RunDir
 from ticketlab.scores import large_final
-from ticketlab.store import JobDir, load_tensors
+from ticketlab.store import load_tensors
 
 SHAPES = {"mnist1d": (40,), "gray28": (1, 28, 28), "rgb32": (3, 32, 32)}
 
@@ -89,7 +91,7 @@ def test_every_model_runs_an_imp_level_on_synthetic_images(name, tmp_path):
         imp={"levels": 1, "rewind": "2it"},
     )
     data = load_dataset("synthetic-images")
-    rows = run_imp(cfg, registry_problem(cfg, data), tmp_path)
+    rows = run_imp(cfg, registry_problem(cfg, data), tmp_path).rows()
     assert {(r["level"], r["branch"]) for r in rows} == {
         (0, "ticket"),
         (1, "ticket"),
@@ -98,12 +100,12 @@ def test_every_model_runs_an_imp_level_on_synthetic_images(name, tmp_path):
     }
     assert all(0.0 <= r["final_test_acc"] <= 1.0 for r in rows)
     # rewinding restores every buffer too (BatchNorm running statistics), not only the weights
-    level0 = JobDir(tmp_path, 0, 0, "ticket").path.parent
+    level0 = RunDir(tmp_path).level(0, 0).path
     rewind, ticket_init = (
         load_tensors(level0 / "rewind.safetensors"),
-        load_tensors(JobDir(tmp_path, 0, 1, "ticket").file("init.safetensors")),
+        load_tensors(RunDir(tmp_path).job(0, 1, "ticket").init),
     )
-    mask = M.load_mask(JobDir(tmp_path, 0, 1, "ticket").path.parent / "mask.safetensors")
+    mask = M.load_mask(RunDir(tmp_path).level(0, 1).mask)
     for key, value in rewind.items():
         expected = value * mask[key] if key in mask else value
         assert torch.equal(ticket_init[key], expected), key

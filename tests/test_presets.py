@@ -4,8 +4,9 @@ import pytest
 
 from ticketlab import config as C
 from ticketlab.data import load_dataset
-from ticketlab.imp import registry_problem, run_imp
+from ticketlab.imp import run_imp
 from ticketlab.models import create_model, model_arguments
+from ticketlab.problem import registry_problem
 from ticketlab.steps import Step
 
 SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "mnist1d": (40,)}
@@ -32,6 +33,6 @@ def test_preset_runs_a_short_level_on_synthetic_images(name, tmp_path):
         imp={"levels": 1, "rewind": rewind, "replicates": 1, "baselines": ("random_prune",)},
     )
     data = load_dataset(cfg.data.dataset, augment=cfg.data.augment)
-    rows = run_imp(cfg, registry_problem(cfg, data), tmp_path)
+    rows = run_imp(cfg, registry_problem(cfg, data), tmp_path).rows()
     assert [(r["level"], r["branch"]) for r in rows] == [(0, "ticket"), (1, "ticket"), (1, "random_prune")]
     assert rows[1]["density"] < 1.0

@@ -5,7 +5,8 @@ import pytest
 
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import load_dataset
-from ticketlab.imp import registry_problem, run_imp
+from ticketlab.imp import run_imp
+from ticketlab.problem import registry_problem
 
 
 @pytest.mark.slow
@@ -18,7 +19,7 @@ def test_ticket_beats_random_pruning_at_90_percent_sparsity_on_mnist1d(tmp_path)
         imp={"levels": 5, "replicates": 3, "baselines": ("random_prune",)},
     )
     data = load_dataset("mnist1d")
-    rows = run_imp(cfg, registry_problem(cfg, data), tmp_path)
+    rows = run_imp(cfg, registry_problem(cfg, data), tmp_path).rows()
     last = [r for r in rows if r["level"] == 5]
     assert abs(last[0]["density"] - 0.63**5) < 1e-3
     ticket = np.array([r["final_test_acc"] for r in last if r["branch"] == "ticket"])

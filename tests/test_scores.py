@@ -11,10 +11,11 @@ from ticketlab import masks as M
 from ticketlab.config import CRITERIA
 from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
-from ticketlab.imp import registry_problem, run_imp
+from ticketlab.imp import run_imp
+from ticketlab.problem import registry_problem
 from ticketlab.pruning import prune
+from ticketlab.rundir import RunDir
 from ticketlab.scores import AFTER_TRAINING, WITH_MODEL, Examples, after_training, at_init
-from ticketlab.store import JobDir
 
 W0 = {"w": torch.tensor([0.5, -0.1, 0.3, -0.8])}  # at the start of the level
 WT = {"w": torch.tensor([0.2, 0.9, -0.4, -1.0])}  # at its end
@@ -76,7 +77,7 @@ def test_criteria_drive_imp_with_exact_shrinking_masks(criterion, tmp_path):
     run_imp(default, registry_problem(default, data), tmp_path / "magnitude")
 
     def masks(path):
-        return [M.load_mask(JobDir(path, 0, lv, "ticket").path.parent / "mask.safetensors") for lv in range(3)]
+        return [M.load_mask(RunDir(path).level(0, lv).mask) for lv in range(3)]
 
     ours, magnitude = masks(tmp_path / criterion), masks(tmp_path / "magnitude")
     for level in (1, 2):

@@ -3,11 +3,13 @@
 from ticketlab.api import find_ticket
 from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
-from ticketlab.imp import Ticket, imp, load_ticket
+from ticketlab.imp import imp
 from ticketlab.masks import apply_mask, density, load_mask, save_mask
+from ticketlab.rundir import RunDir, Ticket, load_ticket
 
 __all__ = [
     "ExperimentConfig",
+    "RunDir",
     "Ticket",
     "TicketlabError",
     "apply_mask",

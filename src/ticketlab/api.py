@@ -12,21 +12,28 @@ from torch import nn
 
 from ticketlab import config as C
 from ticketlab.data import Dataset, fingerprint, split_validation, tensors_from
+from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
-from ticketlab.imp import Ticket, level_count, load_ticket, resolve_device, run_imp, user_problem
+from ticketlab.imp import run_imp
+from ticketlab.problem import user_problem
+from ticketlab.rundir import RunDir, Ticket, level_count
 
 
 @dataclass
 class TicketSearch:
-    """The outcome of :func:`find_ticket`: where it ran, the results rows, and the sparsest ticket."""
+    """The outcome of :func:`find_ticket`: the run, its results rows, and the sparsest ticket."""
 
-    run_dir: Path
+    run: RunDir
     rows: list[dict[str, Any]]
     ticket: Ticket
 
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
     def at(self, level: int, replicate: int = 0) -> Ticket:
         """The ticket found at another level."""
-        return load_ticket(self.run_dir, level, replicate, self.ticket.mask[next(iter(self.ticket.mask))].device)
+        return self.run.ticket(level, replicate, self.ticket.mask[next(iter(self.ticket.mask))].device)
 
 
 # The caller brings the model and the data, so these options would have nothing to act on.
@@ -79,9 +86,9 @@ def find_ticket(
         tr, va = split_validation(tr, cfg.data.val_size)
     num_classes = int(max(tr.y.max(), te.y.max())) + 1
     data = Dataset("user", tr, te, va, num_classes).to(dev)
-    problem = user_problem(model, data, cfg.imp.seed)
     # A run directory belongs to these exact data: resuming with other data is refused.
-    problem.identity["data"] = [fingerprint(tr), fingerprint(te), fingerprint(va) if va is not None else None]
+    fingerprints = [fingerprint(tr), fingerprint(te), fingerprint(va) if va is not None else None]
+    problem = user_problem(model, data, cfg.imp.seed).with_identity(data=fingerprints)
     with torch.no_grad():
         try:
             problem.init_model(0)(data.train.x[:2])
@@ -90,5 +97,5 @@ def find_ticket(
                 f"the model cannot take the training inputs of shape {tuple(tr.x.shape[1:])}: {e}"
             ) from e
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ticketlab-"))
-    rows = run_imp(cfg, problem, run_dir, progress=progress)
-    return TicketSearch(run_dir, rows, load_ticket(run_dir, level_count(cfg), 0, dev))
+    run = run_imp(cfg, problem, run_dir, progress=progress)
+    return TicketSearch(run, run.results(cfg), run.ticket(level_count(cfg), 0, dev))

@@ -9,6 +9,7 @@ and a second identical command does no work; its rows join ``results.csv`` with 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,10 +22,19 @@ import torch
 from torch import nn
 
 from ticketlab import masks as M
-from ticketlab.config import ExperimentConfig, from_dict
+from ticketlab.config import ExperimentConfig
+from ticketlab.data import iterations_per_epoch, load_configured
+from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
+from ticketlab.jobs import Job, run_jobs
+from ticketlab.plan import Plan, make_plan, random_baseline
+from ticketlab.problem import Problem, registry_problem, state_of
+from ticketlab.pruning import random_mask
+from ticketlab.rundir import RunDir
+from ticketlab.seeds import derive_seed
 from ticketlab.steps import Step
-from ticketlab.store import JobDir, RunLock, load_tensors, read_json, save_tensors, write_csv
+from ticketlab.store import load_tensors, save_tensors
+from ticketlab.training import Schedule, train
 
 State = dict[str, torch.Tensor]
 
@@ -71,9 +81,6 @@ def _masked(state: State, mask: M.Mask) -> State:
 def random_prune(s: Start, fresh: Callable[[int], nn.Module], strategy: str) -> tuple[State, M.Mask, Any]:
     """A random mask at the ticket's densities (per layer, or per pool of layers under one threshold), from theta_k.
     ``strategy``: trunk (as the trunk's baseline pools them), layerwise, or global."""
-    from ticketlab.imp import derive_seed
-    from ticketlab.pruning import random_mask
-
     if strategy not in ("trunk", "layerwise", "global"):
         raise TicketlabError(f"random_prune: strategy must be trunk, layerwise or global, not {strategy!r}")
     if strategy == "trunk":  # exactly the trunk's baseline (its pools, its seed): the same job
@@ -89,8 +96,6 @@ def random_prune(s: Start, fresh: Callable[[int], nn.Module], strategy: str) -> 
 @_register()
 def reinit(s: Start, fresh: Callable[[int], nn.Module]) -> tuple[State, M.Mask, Any]:
     """The ticket's mask on a newly initialised network (the trunk's own re-init baseline, after the fact)."""
-    from ticketlab.imp import derive_seed
-
     model = fresh(derive_seed(s.cfg.imp.seed, s.replicate, s.level, "reinit"))
     return _masked(model.state_dict(), s.mask), s.mask, s.cfg.train
 
@@ -112,8 +117,6 @@ def rewind(s: Start, fresh: Callable[[int], nn.Module], to: str) -> tuple[State,
 @_register()
 def finetune(s: Start, fresh: Callable[[int], nn.Module]) -> tuple[State, M.Mask, Any]:
     """The trained weights, pruned, trained on at the schedule's final LR (constant) for the same budget."""
-    from ticketlab.training import Schedule
-
     final_lr = Schedule.from_config(s.cfg.train, s.per_epoch).lr(s.total - 1)
     train = replace(s.cfg.train, lr=final_lr, schedule="constant", warmup="0it", milestones=())
     return _masked(s.trained, s.mask), s.mask, train
@@ -187,8 +190,6 @@ def transfer(
             if n in fresh_state:
                 state[n] = fresh_state[n].to(s.rewind[n].device)
         if shape_changed:
-            from ticketlab.pruning import random_mask
-
             for n in (out, bias):
                 if n in s.mask:
                     dense = {n: torch.ones_like(state[n], dtype=torch.bool)}
@@ -318,7 +319,7 @@ def parse_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_branch(
-    run_dir: Path,
+    run_dir: str | Path | RunDir,
     name: str,
     *,
     levels: list[int] | None = None,
@@ -328,144 +329,136 @@ def run_branch(
 ) -> list[dict[str, Any]]:
     """Run (or resume) branch ``name`` off finished levels of the IMP run in ``run_dir`` (every finished level
     when ``levels`` is None) and return the rows of the updated ``results.csv``."""
-    from ticketlab.data import iterations_per_epoch, load_configured
-    from ticketlab.imp import (
-        RESULT_COLUMNS,
-        _finish,
-        _Progress,
-        _random_baseline,
-        _train_job,
-        collect_results,
-        derive_seed,
-        level_count,
-        registry_problem,
-        resolve_device,
-    )
-
-    run_dir = Path(run_dir)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     opts = parse_options(name, options or {})
-    if not (run_dir / "config.json").exists():
-        raise TicketlabError(f"{run_dir} has no config.json: is it a ticketlab run directory?")
-    saved = read_json(run_dir / "config.json")
+    saved = run.saved()
     if "weights" in saved:
-        raise TicketlabError(f"{run_dir} was run on your own model; branches need a registered model")
+        raise TicketlabError(f"{run.path} was run on your own model; branches need a registered model")
     if "start_mask" in saved and name in ("random_prune", "transfer"):
         raise TicketlabError(f"{name} would draw weights this run forbids (a disjoint-tickets round)")
-    cfg = from_dict(saved["config"])
+    cfg = run.config()
     tag = label(name, opts)
-    finished = [lv for lv in range(1, level_count(cfg) + 1) if JobDir(run_dir, 0, lv, "ticket").done]
+    finished = run.finished_levels(cfg)
     levels = finished if levels is None else levels
     missing = [lv for lv in levels if lv not in finished]
     if missing or not levels:
         raise TicketlabError(
-            f"levels {missing or levels} of {run_dir} have not finished (finished: {finished or 'none'}); "
+            f"levels {missing or levels} of {run.path} have not finished (finished: {finished or 'none'}); "
             "run the trunk further first"
         )
     dev = resolve_device(device)
-    d = cfg.data
-    data = load_configured(d, dev)
-    problem = registry_problem(cfg, data)
-    from ticketlab.imp import _plan
-
-    plan = _plan(cfg, problem)
-    fn, _ = BRANCHES[name]
-    target, target_data, target_problem = cfg, data, problem
+    problem = registry_problem(cfg, load_configured(cfg.data, dev))
+    plan = make_plan(cfg, problem)
+    target, target_problem = cfg, problem
     if name == "transfer":
-        target = _transfer_config(cfg, opts)
-        target_data = load_configured(target.data, dev) if target.data != cfg.data else data
-        if target_data.input_shape != data.input_shape:
-            raise TicketlabError(
-                f"transfer: {target.data.dataset} has inputs of shape {target_data.input_shape}, the ticket was "
-                f"found on {data.input_shape}; pick a dataset of the same shape"
-            )
-        target_problem = registry_problem(target, target_data)
-        target_total = iterations_per_epoch(len(target_data.train), target.train.batch_size)
-        if plan.k >= Step.parse(target.train.steps).iterations(target_total):
-            raise TicketlabError("transfer: the target's training ends before the ticket's rewind step")
-    with RunLock(run_dir):
-        for r in range(cfg.imp.replicates):
-            level0 = JobDir(run_dir, r, 0, "ticket").path.parent
-            for level in levels:
-                job = JobDir(run_dir, r, level, _dirname(tag))
-                if job.done or not JobDir(run_dir, r, level, "ticket").done:
-                    continue
-                source = 0 if (cfg.imp.one_shot or cfg.imp.at_init) else level - 1
-                ticket_mask = M.load_mask(job.path.parent / "mask.safetensors", dev)
-                start = Start(
-                    cfg=cfg,
-                    replicate=r,
-                    level=level,
-                    mask=ticket_mask,
-                    rewind=load_tensors(level0 / "rewind.safetensors", dev),
-                    init=load_tensors(level0 / "init.safetensors", dev),
-                    trained=load_tensors(JobDir(run_dir, r, source, "ticket").file("final.safetensors"), dev),
-                    k=plan.k,
-                    total=plan.total,
-                    per_epoch=iterations_per_epoch(len(data.train), cfg.train.batch_size),
-                    seed=derive_seed(cfg.imp.seed, r, level, "branch", tag),
-                    dense_at=lambda step, r=r, level0=level0: _dense_at(cfg, problem, level0, r, step, dev),
-                    trunk_random=lambda r=r, level=level, m=ticket_mask: _random_baseline(
-                        plan, problem, m, derive_seed(cfg.imp.seed, r, level, "random_prune")
-                    ),
-                    structured=plan.units is not None,
-                )
-                state, mask, train_cfg = fn(start, target_problem.fresh_model, **opts)
-                begin = plan.k if start.begin is None else start.begin
-                train_cfg = train_cfg or target.train
-                model = target_problem.init_model(r)
-                model.load_state_dict(state)
-                job.path.mkdir(parents=True, exist_ok=True)
-                M.save_mask(job.file("mask.safetensors"), mask)
-                save_tensors(job.file("init.safetensors"), model.state_dict())
-                branch_cfg = target.replace(train=_as_dict(train_cfg))
-                data_seed = derive_seed(cfg.imp.seed, r, "data")
-                result = _train_job(model, target_data, branch_cfg, mask, data_seed, begin, _Progress(progress), job)
-                _finish(job, model, mask, result, label=tag, options=opts)
-        rows = collect_results(run_dir, cfg)
-        write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
+        target, target_problem = _transfer_target(cfg, problem, plan, opts, dev)
+    with run.lock():
+        jobs = [
+            job
+            for r in range(cfg.imp.replicates)
+            for level in levels
+            if (job := _branch_job(run, name, tag, opts, r, level, cfg, problem, plan, target, target_problem))
+        ]
+        run_jobs(run, jobs, progress=progress)
+        rows = run.results(cfg)
+        run.write_results(rows)
     return rows
 
 
-class _Reached(Exception):
-    pass
+def _transfer_target(cfg: ExperimentConfig, problem: Problem, plan: Plan, opts: dict[str, Any], dev):
+    """The config and problem a transfer branch trains on."""
+    target = _transfer_config(cfg, opts)
+    data = problem.data
+    target_data = load_configured(target.data, dev) if target.data != cfg.data else data
+    if target_data.input_shape != data.input_shape:
+        raise TicketlabError(
+            f"transfer: {target.data.dataset} has inputs of shape {target_data.input_shape}, the ticket was "
+            f"found on {data.input_shape}; pick a dataset of the same shape"
+        )
+    per_epoch = iterations_per_epoch(len(target_data.train), target.train.batch_size)
+    if plan.k >= Step.parse(target.train.steps).iterations(per_epoch):
+        raise TicketlabError("transfer: the target's training ends before the ticket's rewind step")
+    return target, registry_problem(target, target_data)
 
 
-def _dense_at(cfg: ExperimentConfig, problem, level0: Path, r: int, step: int, device) -> State:
-    """The dense network's weights after ``step`` iterations: theta_0, theta_k, or the trunk's dense training
-    replayed from theta_0 to ``step`` (bit for bit the trunk's, on the same machine), cached in level 0."""
-    from ticketlab.imp import _state, derive_seed
-    from ticketlab.training import train
+def _branch_job(
+    run: RunDir, name, tag, opts, r, level, cfg, problem: Problem, plan: Plan, target, target_problem: Problem
+) -> Job | None:
+    """The job of branch ``tag`` at (replicate ``r``, ``level``), or None when it is done or its level is not."""
+    files = run.job(r, level, _dirname(tag))
+    ticket = run.finished(run.job(r, level, "ticket"), quiet=True)
+    if ticket is None or run.finished(files) is not None:
+        return None
+    dev = problem.data.train.x.device
+    level0 = run.level(r, 0)
+    dense = run.finished(run.job(r, 0, "ticket"), quiet=True) or {}
+    source = run.job(r, plan.source_level(level), "ticket")
+    source_record = run.finished(source, quiet=True) or {}
 
+    def recorded(record: dict, path: Path) -> str | None:
+        return record.get("files", {}).get(run.rel(path))
+
+    seed = derive_seed(cfg.imp.seed, r, level, "branch", tag)
+    ticket_mask = M.load_mask(run.level(r, level).mask, dev)
+    start = Start(
+        cfg=cfg,
+        replicate=r,
+        level=level,
+        mask=ticket_mask,
+        rewind=load_tensors(level0.rewind, dev, sha256=recorded(dense, level0.rewind)),
+        init=load_tensors(level0.init, dev, sha256=recorded(dense, level0.init)),
+        trained=load_tensors(source.final, dev, sha256=recorded(source_record, source.final)),
+        k=plan.k,
+        total=plan.total,
+        per_epoch=plan.per_epoch,
+        seed=seed,
+        dense_at=lambda step: dense_at(run, cfg, problem, r, step),
+        trunk_random=lambda: random_baseline(
+            plan, problem, ticket_mask, derive_seed(cfg.imp.seed, r, level, "random_prune")
+        ),
+        structured=plan.units is not None,
+    )
+    fn, _ = BRANCHES[name]
+    state, mask, train_cfg = fn(start, target_problem.fresh_model, **opts)
+    begin = plan.k if start.begin is None else start.begin
+
+    def build():
+        model = target_problem.init_model(r)
+        model.load_state_dict(state)
+        return model, mask
+
+    branch_cfg = target.replace(train=_as_dict(train_cfg or target.train))
+    return Job(
+        files=files,
+        build=build,
+        train=branch_cfg.train,
+        data=target_problem.data,
+        data_seed=derive_seed(cfg.imp.seed, r, "data"),
+        start=begin,
+        inputs={"mask": recorded(ticket, run.level(r, level).mask) or ""},
+        label=tag,
+        options=opts,
+        init_file=files.init,
+        mask_file=files.mask,
+    )
+
+
+def dense_at(run: RunDir, cfg: ExperimentConfig, problem: Problem, r: int, step: int) -> State:
+    """The dense network's weights after ``step`` iterations: theta_0, or the trunk's dense training replayed
+    from theta_0 to ``step`` (bit for bit the trunk's, on the same machine), cached in level 0."""
+    level0 = run.level(r, 0)
+    device = problem.data.train.x.device
     if step == 0:
-        return load_tensors(level0 / "init.safetensors", device)
-    path = level0 / f"dense_{step}it.safetensors"
+        return load_tensors(level0.init, device)
+    path = level0.dense_at(step)
     if not path.exists():
         model = problem.init_model(r)
-        model.load_state_dict(load_tensors(level0 / "init.safetensors", device))
-        mask = M.load_mask(level0 / "mask.safetensors", device)
-        saved: list[State] = []
-
-        def stop(m: nn.Module) -> None:
-            saved.append(_state(m))
-            raise _Reached
-
-        try:
-            train(
-                model,
-                problem.data,
-                cfg.train,
-                mask=mask,
-                data_seed=derive_seed(cfg.imp.seed, r, "data"),
-                save_at=step,
-                on_save=stop,
-            )
-        except _Reached:
-            pass
-        save_tensors(path, saved[0])
+        model.load_state_dict(load_tensors(level0.init, device))
+        mask = M.load_mask(level0.mask, device)
+        train(model, problem.data, cfg.train, mask=mask, data_seed=derive_seed(cfg.imp.seed, r, "data"), until=step)
+        save_tensors(path, state_of(model))
     return load_tensors(path, device)
 
 
 def _as_dict(train_cfg) -> dict[str, Any]:
-    import dataclasses
-
     return json.loads(json.dumps(dataclasses.asdict(train_cfg), default=list))

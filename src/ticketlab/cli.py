@@ -180,10 +180,11 @@ def _imp(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    run_dir, rows = imp(cfg, out=args.out, device=args.device, progress=progress)
+    run = imp(cfg, out=args.out, device=args.device, progress=progress)
+    rows = run.results(cfg, quiet=True)
     print(table(rows, args.metric))
-    png = plot(rows, run_dir / "plot.png", args.metric, title=run_dir.name)
-    print(f"\nrun directory: {run_dir}\nresults: {run_dir / 'results.csv'}\nplot: {png}")
+    png = plot(rows, run.plot_file, args.metric, title=run.name)
+    print(f"\nrun directory: {run.path}\nresults: {run.results_file}\nplot: {png}")
     return 0
 
 

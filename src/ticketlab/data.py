@@ -9,7 +9,6 @@ at any iteration can be recomputed (which is what lets a run resume the data ord
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 
 from ticketlab import sources
 from ticketlab.errors import TicketlabError
-from ticketlab.store import atomic_write_bytes, cache_dir
+from ticketlab.seeds import generator
+from ticketlab.store import atomic_write_bytes, cache_dir, tensor_digest
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,6 @@ class Dataset:
         return replace(self, train=self.train.to(device), test=self.test.to(device), val=val)
 
 
-def _generator(seed: int, epoch: int, stream: str) -> torch.Generator:
-    """A generator for one purpose in one epoch, independent of the data order's (a hash of all three)."""
-    digest = hashlib.sha256(repr((seed, epoch, stream)).encode()).hexdigest()
-    return torch.Generator().manual_seed(int(digest[:15], 16))
-
-
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The seeded permutation of ``n`` training indices used in ``epoch``."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
@@ -93,7 +87,7 @@ PAD = 4  # the CIFAR standard: pad by 4 pixels, crop back to the original size
 
 def augment_draws(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Per-position draws for an epoch: (n, 3) int64 rows of (row shift, column shift, flip)."""
-    g = _generator(seed, epoch, "augment")
+    g = generator(seed, epoch, "augment")  # independent of the data order's draws
     shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
     flips = torch.randint(0, 2, (n, 1), generator=g)
     return torch.cat([shifts, flips], 1).to(device)
@@ -398,7 +392,4 @@ def tensors_from(source, name: str = "data") -> Split:
 
 def fingerprint(split: Split) -> str:
     """A short content hash (used to tie a Python-API run directory to its data)."""
-    h = hashlib.sha256()
-    h.update(split.x.detach().cpu().numpy().tobytes())
-    h.update(split.y.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:10]
+    return tensor_digest([("", split.x), ("", split.y)])

@@ -17,8 +17,14 @@ import torch
 
 from ticketlab import masks as M
 from ticketlab.config import ExperimentConfig
+from ticketlab.data import load_configured
+from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
-from ticketlab.store import JobDir, write_csv
+from ticketlab.imp import mask_digest, run_imp
+from ticketlab.problem import registry_problem
+from ticketlab.rundir import level_count
+from ticketlab.seeds import derive_seed
+from ticketlab.store import write_csv
 
 COLUMNS = ["round", "forbidden", "dense_test_acc", "ticket_density", "ticket_test_acc", "overlap"]
 EXCLUDE = ("forbid", "reinit")
@@ -35,9 +41,6 @@ def disjoint(
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run (or resume) ``rounds`` rounds; write and return one row per round (``forbidden``: the fraction of
     weights earlier tickets hold; ``overlap``: weights this ticket shares with them, 0 when forbidding)."""
-    from ticketlab.data import load_configured
-    from ticketlab.imp import Problem, derive_seed, level_count, registry_problem, resolve_device, run_imp
-
     if exclude not in EXCLUDE:
         raise TicketlabError(f"--exclude must be forbid or reinit, not {exclude!r}")
     if rounds < 1:
@@ -57,28 +60,26 @@ def disjoint(
     forbidden: M.Mask | None = None
     rows = []
     for i in range(rounds):
-        run_dir = where / f"round_{i}"
         if exclude == "forbid" or forbidden is None:
             start = None if forbidden is None else {n: ~m for n, m in forbidden.items()}
-            run_imp(config, problem, run_dir, progress=progress, start_mask=start)
+            run = run_imp(config, problem, where / f"round_{i}", progress=progress, start_mask=start)
         else:
             redraw = derive_seed(config.imp.seed, "disjoint", i)
             init = _reinitialised(problem.init_model, problem.fresh_model, dict(forbidden), redraw)
-            from ticketlab.imp import _mask_digest
-
-            identity = {**problem.identity, "reinitialised": _mask_digest(forbidden)}
-            run_imp(config, Problem(data, init, problem.fresh_model, identity), run_dir, progress=progress)
-        ticket = M.load_mask(JobDir(run_dir, 0, last, "ticket").path.parent / "mask.safetensors", dev)
+            redrawn = problem.with_init(init, reinitialised=mask_digest(forbidden))
+            run = run_imp(config, redrawn, where / f"round_{i}", progress=progress)
+        ticket = run.ticket(last, 0, dev).mask
         overlap = 0 if forbidden is None else M.count({n: ticket[n] & forbidden[n] for n in ticket})
         if overlap and exclude == "forbid":
             raise AssertionError(f"round {i}'s ticket shares {overlap} weights with earlier ones")
+        accuracy = {row["level"]: row["final_test_acc"] for row in run.results(config) if row["branch"] == "ticket"}
         rows.append(
             {
                 "round": i,
                 "forbidden": 0.0 if forbidden is None else M.density(forbidden),
-                "dense_test_acc": JobDir(run_dir, 0, 0, "ticket").result()["final_test_acc"],
+                "dense_test_acc": accuracy[0],
                 "ticket_density": M.density(ticket),
-                "ticket_test_acc": JobDir(run_dir, 0, last, "ticket").result()["final_test_acc"],
+                "ticket_test_acc": accuracy[last],
                 "overlap": overlap,
             }
         )

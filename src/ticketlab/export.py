@@ -11,8 +11,11 @@ from typing import Any
 import torch
 
 from ticketlab import masks as M
+from ticketlab.data import load_configured
 from ticketlab.errors import TicketlabError
-from ticketlab.store import JobDir, load_tensors, read_json
+from ticketlab.problem import registry_problem
+from ticketlab.rundir import RunDir
+from ticketlab.store import load_tensors
 
 TOLERANCE = 1e-4  # relative to the largest output magnitude: float reassociation, not a changed function
 
@@ -21,29 +24,21 @@ def export_ticket(
     run_dir: Path, level: int, out: Path, *, replicate: int = 0, weights: str = "final"
 ) -> dict[str, Any]:
     """Export the ticket of ``level`` of a registry-model run to ``out`` (.pt2); return what was measured."""
-    from ticketlab.config import from_dict
-    from ticketlab.data import load_configured
-    from ticketlab.imp import load_ticket, registry_problem
     from ticketlab.structure import export, save_exported
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise TicketlabError(f"{run_dir} has no config.json: is it a ticketlab run directory?")
-    saved = read_json(run_dir / "config.json")
-    if "weights" in saved:  # a run of the user's own nn.Module: the command line cannot rebuild it
+    run = RunDir(run_dir)
+    if run.user_model:  # a run of the user's own nn.Module: the command line cannot rebuild it
         raise TicketlabError(
-            f"{run_dir} was run on your own model; export it in Python: "
+            f"{run.path} was run on your own model; export it in Python: "
             "ticketlab.structure.export(model, ticket.mask, input_shape)"
         )
-    cfg = from_dict(saved["config"])
-    job = JobDir(run_dir, replicate, level, "ticket")
-    if not job.done:
-        raise TicketlabError(f"level {level} of replicate {replicate} in {run_dir} has not finished")
-    d = cfg.data
-    data = load_configured(d, torch.device("cpu"))
+    cfg = run.config()
+    ticket = run.ticket(level, replicate)  # TicketlabError if the level has not finished
+    data = load_configured(cfg.data, torch.device("cpu"))
     model = registry_problem(cfg, data).init_model(replicate)
-    ticket = load_ticket(run_dir, level, replicate)
-    model.load_state_dict(load_tensors(job.file("final.safetensors")) if weights == "final" else ticket.state)
+    job = run.job(replicate, level, "ticket")
+    final = load_tensors(job.final, sha256=run.recorded(job, job.final))
+    model.load_state_dict(final if weights == "final" else ticket.state)
     M.apply_mask(model, ticket.mask)
     small = export(model, ticket.mask, data.input_shape)
     model.eval()

@@ -105,8 +105,11 @@ def hamming(a: Mask, b: Mask) -> float:
     return diff / max(size(a), 1)
 
 
-def save_mask(path: str | Path, mask: Mask) -> None:
-    save_tensors(Path(path), {n: m.to(torch.bool) for n, m in mask.items()}, metadata={"format": "ticketlab-mask"})
+def save_mask(path: str | Path, mask: Mask) -> str:
+    """Save a mask (bool tensors) as safetensors; returns the file's SHA-256."""
+    return save_tensors(
+        Path(path), {n: m.to(torch.bool) for n, m in mask.items()}, metadata={"format": "ticketlab-mask"}
+    )
 
 
 def load_mask(path: str | Path, device: torch.device | str = "cpu") -> Mask:

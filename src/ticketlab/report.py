@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ticketlab.store import atomic_write_bytes, read_json
+from ticketlab.store import atomic_write_bytes
 
 BRANCH_ORDER = ("ticket", "reinit", "random_prune")
 LABELS = {"ticket": "ticket (rewound)", "reinit": "random re-init", "random_prune": "random pruning"}
@@ -122,9 +122,8 @@ def save_figure(fig, path: Path) -> Path:
 def report(run_dir: Path, metric: str = "final_test_acc") -> tuple[str, Path]:
     """Table and plot for a run directory, finished or not (rows come from the jobs that completed), or for
     a comparison of criteria."""
-    from ticketlab.config import from_dict
     from ticketlab.errors import TicketlabError
-    from ticketlab.imp import collect_results
+    from ticketlab.rundir import RunDir
 
     run_dir = Path(run_dir)
     if (run_dir / "criteria.csv").exists():  # a comparison of criteria (`ticketlab criteria`)
@@ -133,9 +132,7 @@ def report(run_dir: Path, metric: str = "final_test_acc") -> tuple[str, Path]:
 
         rows = read_csv(run_dir / "criteria.csv")
         return comparison.table(rows, metric), comparison.plot(rows, run_dir / "criteria.png", metric)
-    if not (run_dir / "config.json").exists():
-        raise TicketlabError(f"{run_dir} has no config.json: is it a ticketlab run directory?")
-    rows = collect_results(run_dir, from_dict(read_json(run_dir / "config.json")["config"]))
+    rows = RunDir(run_dir).rows()
     if not rows:
         raise TicketlabError(f"{run_dir}: no job has finished yet")
     return table(rows, metric), plot(rows, run_dir / "plot.png", metric, title=run_dir.name)

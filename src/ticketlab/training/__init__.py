@@ -4,6 +4,10 @@ After every optimizer step the pruned weights are exactly zero. Gradients of pru
 zeroed before the step, so Adam's moments and SGD's momentum for them stay zero too (a pruned
 weight with zero gradient, zero weight and zero state gets a zero update, weight decay included),
 and the weights are masked again after the step in case an optimizer moves them anyway.
+
+Workflows watch training through observers (:class:`Observer`): called after every step, at every evaluation
+and at the end. Saving the rewind point and the progress bar are observers; so is anything a later workflow
+needs to see during training (checkpoints, masks per epoch), with no new parameter on :func:`train`.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.config import TrainConfig
-from ticketlab.data import Dataset, Split, batches, iterations_per_epoch
+from ticketlab.data import Dataset, batches, iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 from ticketlab.steps import Step
+from ticketlab.structure import add_slimming_grad
+from ticketlab.training.objectives import CLASSIFICATION, Objective, evaluate
+
+__all__ = ["Observer", "SaveAt", "Schedule", "TrainResult", "MaskedParams", "evaluate", "make_optimizer", "train"]
 
 
 @dataclass(frozen=True)
@@ -99,13 +106,6 @@ class MaskedParams:
             torch._foreach_mul_(self.params, self.masks)
 
     @torch.no_grad()
-    def mask_state(self, optimizer: torch.optim.Optimizer) -> None:
-        for p, m in zip(self.params, self.masks):
-            for v in optimizer.state.get(p, {}).values():
-                if torch.is_tensor(v) and v.shape == p.shape:
-                    v.mul_(m)
-
-    @torch.no_grad()
     def check(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Runtime invariant: pruned weights and their optimizer state are exactly zero."""
         for name, p, m in zip(self.names, self.params, self.masks):
@@ -117,23 +117,6 @@ class MaskedParams:
             for t in tensors:
                 if bool((t[m == 0] != 0).any()):
                     raise AssertionError(f"pruned entries of {name} are not zero after training")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, chunk: int = 8192) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``split`` (in eval mode)."""
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
-    for i in range(0, len(split), chunk):
-        out = model(split.inputs(slice(i, i + chunk))).float()
-        y = split.y[i : i + chunk]
-        loss += F.cross_entropy(out, y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-    model.train(was_training)
-    n = max(len(split), 1)
-    return loss.item() / n, correct.item() / n
 
 
 TRAIN_ACC_SAMPLE = 10_000
@@ -152,6 +135,38 @@ class TrainResult:
         return {k: v for k, v in self.__dict__.items() if k != "metrics"}
 
 
+class Observer:
+    """Watches a training run; override what you need. ``step`` counts iterations taken (the model has taken
+    ``step`` optimizer steps): training runs from ``start`` to ``end``."""
+
+    def on_begin(self, model: nn.Module, start: int, end: int) -> None:
+        pass
+
+    def on_step(self, step: int, model: nn.Module) -> None:
+        pass
+
+    def on_eval(self, step: int, row: dict[str, Any]) -> None:
+        pass
+
+    def on_end(self, model: nn.Module, result: TrainResult) -> None:
+        pass
+
+
+class SaveAt(Observer):
+    """Calls ``save(model)`` once, when the model has taken ``step`` steps (the rewind point theta_k)."""
+
+    def __init__(self, step: int, save: Callable[[nn.Module], None]):
+        self.step, self.save = step, save
+
+    def on_begin(self, model: nn.Module, start: int, end: int) -> None:
+        if start == self.step:
+            self.save(model)
+
+    def on_step(self, step: int, model: nn.Module) -> None:
+        if step == self.step:
+            self.save(model)
+
+
 def train(
     model: nn.Module,
     data: Dataset,
@@ -160,23 +175,24 @@ def train(
     mask: Mask,
     data_seed: int,
     start: int = 0,
-    save_at: int | None = None,
-    on_save: Callable[[nn.Module], None] | None = None,
-    progress: Callable[[int, dict[str, Any]], None] | None = None,
+    until: int | None = None,
+    observers: tuple[Observer, ...] | list[Observer] = (),
+    objective: Objective = CLASSIFICATION,
 ) -> TrainResult:
-    """Train ``model`` in place from iteration ``start`` to the end of the schedule, keeping ``mask``.
+    """Train ``model`` in place from iteration ``start`` to the end of the schedule (or to ``until``, an
+    iteration before it: the schedule stays the whole run's), keeping ``mask`` exact.
 
-    ``on_save(model)`` is called once the model has taken ``save_at`` steps (the rewind point).
-    ``progress(iterations_done, last_eval)`` is called after each step.
+    The data order, augmentation and dropout draws at each iteration depend only on ``data_seed`` and the
+    iteration, so training resumed at any ``start`` reproduces an uninterrupted run bit for bit.
+    Raises TicketlabError when the loss diverges.
     """
     t0 = time.perf_counter()
     per_epoch = iterations_per_epoch(len(data.train), cfg.batch_size)
     schedule = Schedule.from_config(cfg, per_epoch)
+    end = schedule.total if until is None else min(until, schedule.total)
     eval_every = Step.parse(cfg.eval_every).iterations(per_epoch)
     masked = MaskedParams(model, mask)
     masked.mask_weights()
-    if cfg.slimming:
-        from ticketlab.structure import add_slimming_grad
     optimizer = make_optimizer(list(model.parameters()), cfg)
     metrics: list[dict[str, Any]] = []
     running, seen = torch.zeros((), device=data.train.x.device), 0
@@ -198,14 +214,16 @@ def train(
                 )
         with precision():
             if data.val is not None:
-                row["val_loss"], row["val_acc"] = evaluate(model, data.val)
-            row["test_loss"], row["test_acc"] = evaluate(model, data.test)
+                row["val_loss"], row["val_acc"] = evaluate(model, data.val, objective)
+            row["test_loss"], row["test_acc"] = evaluate(model, data.test, objective)
         metrics.append(row)
+        for o in observers:
+            o.on_eval(step, row)
         return row
 
-    if save_at is not None and save_at == start and on_save:
-        on_save(model)
-    last = record(start)
+    for o in observers:
+        o.on_begin(model, start, end)
+    record(start)
     model.train()
     # Randomness inside the model (dropout) is seeded per step, so a run resumed at any step reproduces it;
     # forked, so the caller's random state is left as it was.
@@ -214,14 +232,14 @@ def train(
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     generator = torch.cuda.default_generators[cuda[0]] if cuda else torch.default_generator
     with torch.random.fork_rng(devices=cuda):
-        for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, schedule.total, augment=data.augment):
+        for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, end, augment=data.augment):
             generator.manual_seed(_step_seed(data_seed, it))  # dropout draws the same at step `it` on resume
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr(it)
             if memory_format is not None:
                 x = x.contiguous(memory_format=memory_format)
             with precision():
-                loss = F.cross_entropy(model(x).float(), y)
+                loss = objective.loss(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.slimming:
@@ -232,22 +250,20 @@ def train(
             running += loss.detach()
             seen += 1
             done = it + 1
-            if save_at is not None and done == save_at and on_save:
-                on_save(model)
-            if done % eval_every == 0 or done == schedule.total:
-                last = record(done)
+            if done % eval_every == 0 or done == end:
+                record(done)
                 model.train()
-            if progress:
-                progress(done, last)
+            for o in observers:
+                o.on_step(done, model)
     masked.check(optimizer)
     key = "val_loss" if data.val is not None else "test_loss"
     best = min(metrics, key=lambda r: r[key])
     with precision():
         # a fixed sample, so that a big training set does not cost a long pass per job on a CPU
-        _, train_acc = evaluate(model, data.train.head(TRAIN_ACC_SAMPLE))
+        _, train_acc = evaluate(model, data.train.head(TRAIN_ACC_SAMPLE), objective)
     if memory_format is not None:
         model.to(memory_format=torch.contiguous_format)
-    return TrainResult(
+    result = TrainResult(
         metrics=metrics,
         final_test_acc=metrics[-1]["test_acc"],
         best_test_acc=best["test_acc"],
@@ -255,6 +271,9 @@ def train(
         train_acc=train_acc,
         wall_time_s=time.perf_counter() - t0,
     )
+    for o in observers:
+        o.on_end(model, result)
+    return result
 
 
 def _step_seed(data_seed: int, it: int) -> int:
@@ -266,7 +285,3 @@ def _precision(cfg: TrainConfig, device: torch.device) -> Callable[[], contextli
     if cfg.precision == "bf16":
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
-
-
-def total_iterations(cfg: TrainConfig, n_train: int) -> int:
-    return Step.parse(cfg.steps).iterations(iterations_per_epoch(n_train, cfg.batch_size))
