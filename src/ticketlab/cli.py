@@ -176,20 +176,22 @@ def config_from_args(args: argparse.Namespace) -> C.ExperimentConfig:
 
 def _imp(args: argparse.Namespace) -> int:
     from ticketlab.imp import imp
-    from ticketlab.report import plot, table
+    from ticketlab.report.plots import imp_plot
+    from ticketlab.report.tables import imp_table
 
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     run = imp(cfg, out=args.out, device=args.device, progress=progress)
     rows = run.results(cfg, quiet=True)
-    print(table(rows, args.metric))
-    png = plot(rows, run.plot_file, args.metric, title=run.name)
+    print(imp_table(rows, args.metric))
+    png = imp_plot(rows, run.plot_file, args.metric, title=run.name)
     print(f"\nrun directory: {run.path}\nresults: {run.results_file}\nplot: {png}")
     return 0
 
 
 def _criteria(args: argparse.Namespace) -> int:
-    from ticketlab import comparison
+    from ticketlab import compare_criteria
+    from ticketlab.report.tables import criteria_table
 
     cfg = config_from_args(args)
     criteria = list(C.CRITERIA) if args.criteria == "all" else [c.strip() for c in args.criteria.split(",") if c]
@@ -197,19 +199,19 @@ def _criteria(args: argparse.Namespace) -> int:
         densities = [float(d) for d in args.densities.split(",") if d.strip()]
     except ValueError:
         raise TicketlabError(f"--densities: cannot read {args.densities!r}; write e.g. 0.2,0.05,0.01") from None
-    comparison.configs(cfg, criteria, densities, args.mode)  # every check, before the first run starts
+    compare_criteria.configs(cfg, criteria, densities, args.mode)  # every check, before the first run starts
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    where, rows = comparison.compare(
+    where, rows = compare_criteria.compare(
         cfg, criteria, densities, mode=args.mode, out=args.out, device=args.device, progress=progress
     )
-    print(comparison.table(rows, args.metric))
+    print(criteria_table(rows, args.metric))
     print(f"\ncomparison: {where / 'criteria.csv'}\nplot: {where / 'criteria.png'}")
     return 0
 
 
 def _branch(args: argparse.Namespace) -> int:
     from ticketlab.branches import run_branch
-    from ticketlab.report import table
+    from ticketlab.report.tables import imp_table
 
     names = (
         "strategy",
@@ -234,18 +236,19 @@ def _branch(args: argparse.Namespace) -> int:
     rows = run_branch(
         Path(args.run_dir), args.name, levels=levels, options=options, device=args.device, progress=progress
     )
-    print(table(rows, args.metric))
+    print(imp_table(rows, args.metric))
     print(f"\nresults: {Path(args.run_dir) / 'results.csv'}")
     return 0
 
 
 def _disjoint(args: argparse.Namespace) -> int:
-    from ticketlab.disjoint import disjoint, table
+    from ticketlab.disjoint import disjoint
+    from ticketlab.report.tables import disjoint_table
 
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     where, rows = disjoint(cfg, args.tickets, exclude=args.exclude, out=args.out, device=args.device, progress=progress)
-    print(table(rows))
+    print(disjoint_table(rows))
     print(f"\nrounds: {where / 'disjoint.csv'}")
     return 0
 

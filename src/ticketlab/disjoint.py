@@ -101,16 +101,3 @@ def _reinitialised(init_model, fresh_model, forbidden: M.Mask, seed: int):
         return model
 
     return build
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    """One line per round; the dense network is trained without (forbid) or with re-drawn (reinit) earlier
-    tickets' weights; overlap counts the weights a ticket shares with earlier ones."""
-    head = "round  earlier tickets hold  dense network  ticket density  ticket test acc  overlap"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['round']:>5}  {100 * r['forbidden']:>19.2f}%  {100 * r['dense_test_acc']:>12.2f}%  "
-            f"{100 * r['ticket_density']:>13.2f}%  {100 * r['ticket_test_acc']:>14.2f}%  {r['overlap']:>7}"
-        )
-    return "\n".join(lines)

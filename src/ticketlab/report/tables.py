@@ -1,0 +1,154 @@
+"""Results as plain-text tables. Every table and plot summarises replicates with the one ``summarize`` here (mean,
+*sample* std, n) and writes them with the one ``mean_std``: over three replicates the population std is 18% low.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BRANCH_ORDER = ("ticket", "reinit", "random_prune")
+LABELS = {"ticket": "ticket (rewound)", "reinit": "random re-init", "random_prune": "random pruning"}
+SPREAD = "sample std (ddof=1)"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Replicates of one cell: their mean, sample standard deviation (ddof=1; nan for a single value) and count."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def summarize(values: Iterable[float]) -> Summary:
+    """Mean, sample std (ddof=1, nan when there is one value) and n of ``values``."""
+    v = np.asarray([float(x) for x in values], dtype=float)
+    if v.size == 0:
+        raise ValueError("summarize needs at least one value")
+    std = float(np.std(v, ddof=1)) if v.size > 1 else float("nan")
+    return Summary(float(np.mean(v)), std, int(v.size))
+
+
+def mean_std(s: Summary, scale: float = 100.0) -> str:
+    """``64.87 ± 1.14`` (mean ± sample std, times ``scale``: percent by default); the mean alone when n = 1."""
+    text = f"{scale * s.mean:.2f}"
+    return text if s.n < 2 else f"{text} ± {scale * s.std:.2f}"
+
+
+def spread_note(ns: Iterable[int]) -> str:
+    """What the cells of a table hold, for its header: mean ± sample std and over how many replicates."""
+    ns = set(ns)
+    if not ns:
+        return "no results"
+    lo, hi = min(ns), max(ns)
+    if hi == 1:
+        return "one replicate (n=1), no spread"
+    if lo == hi:
+        return f"mean ± {SPREAD} over n={hi} replicates"
+    return f"mean ± {SPREAD} over n={lo}-{hi} replicates (n varies by cell; shown where below {hi})"
+
+
+def _cell(s: Summary | None, top: int) -> str:
+    """One table cell: ``-`` when missing, n appended when the cell has fewer replicates than the table's most."""
+    if s is None:
+        return "-"
+    return mean_std(s) + (f" (n={s.n})" if s.n < top else "")
+
+
+def _layout(title: str, head: list[str], lines: list[list[str]], left: int = 0) -> str:
+    """Title, header, rule and rows in columns; the first ``left`` columns aligned left, the rest right."""
+    widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" if i < left else f"{{:>{w}}}" for i, w in enumerate(widths))
+    rule = fmt.format(*("-" * w for w in widths))
+    return "\n".join([title, fmt.format(*head), rule] + [fmt.format(*c) for c in lines])
+
+
+def imp_summary(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> dict[int, dict[str, Any]]:
+    """Per level: ``density`` (the tickets' mean) and ``branches``, each branch's Summary of ``metric``."""
+    by_level: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    dens: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        level = int(row["level"])
+        by_level[level][row["branch"]].append(float(row[metric]))
+        if row["branch"] == "ticket":
+            dens[level].append(float(row["density"]))
+    return {
+        level: {
+            "density": float(np.mean(dens[level])) if dens[level] else float("nan"),
+            "branches": {b: summarize(v) for b, v in by_level[level].items()},
+        }
+        for level in sorted(by_level)
+    }
+
+
+def branch_order(summary: dict[int, dict[str, Any]]) -> list[str]:
+    """The trunk's branches in their order, then any others (``ticketlab branch``) by name."""
+    present = {b for s in summary.values() for b in s["branches"]}
+    return [b for b in BRANCH_ORDER if b in present] + sorted(present - set(BRANCH_ORDER))
+
+
+def imp_table(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> str:
+    """Level, weights remaining, and each branch's test accuracy (%), mean ± sample std over replicates."""
+    summary = imp_summary(rows, metric)
+    branches = branch_order(summary)
+    cells = [s["branches"][b] for s in summary.values() for b in branches if b in s["branches"]]
+    top = max((c.n for c in cells), default=1)
+    head = ["level", "weights left"] + [LABELS.get(b, b) for b in branches]
+    lines = [
+        [str(level), f"{100 * s['density']:.2f}%"] + [_cell(s["branches"].get(b), top) for b in branches]
+        for level, s in summary.items()
+    ]
+    title = f"test accuracy (%) by weights remaining, {spread_note(c.n for c in cells)} -- {metric}"
+    return _layout(title, head, lines)
+
+
+def criteria_summary(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> dict[str, dict[float, Summary]]:
+    """Criterion -> target density -> Summary of ``metric`` over replicates (``dense``: the unpruned network)."""
+    values: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        values[row["criterion"]][float(row["target_density"])].append(float(row[metric]))
+    return {c: {d: summarize(v) for d, v in by_density.items()} for c, by_density in values.items()}
+
+
+def criteria_table(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> str:
+    """Criteria down, densities across: test accuracy (%), mean ± sample std over replicates; the dense network
+    on the line under the title."""
+    summary = criteria_summary(rows, metric)
+    densities = sorted({d for s in summary.values() for d in s if d < 1}, reverse=True)
+    modes = {row["criterion"]: row["mode"] for row in rows}
+    top = max((s.n for by_density in summary.values() for s in by_density.values()), default=1)
+    head = ["criterion", "mode"] + [f"{100 * d:g}%" for d in densities]
+    lines = [
+        [criterion, modes[criterion]] + [_cell(by_density.get(d), top) for d in densities]
+        for criterion, by_density in summary.items()
+        if criterion != "dense"
+    ]
+    note = spread_note(s.n for by_density in summary.values() for s in by_density.values())
+    title = f"test accuracy (%) after pruning once to each density, then training, {note} -- {metric}"
+    if "dense" in summary:
+        title += f"\ndense network: {_cell(summary['dense'][1.0], top)}"
+    return _layout(title, head, lines, left=2)
+
+
+def disjoint_table(rows: list[dict[str, Any]]) -> str:
+    """One line per round of ``ticketlab disjoint`` (one replicate): the share of weights earlier tickets hold,
+    the dense network trained without (forbid) or with re-drawn (reinit) them, the ticket, and the weights it
+    shares with earlier tickets."""
+    head = ["round", "earlier tickets hold", "dense network", "ticket density", "ticket test acc", "overlap"]
+    lines = [
+        [
+            str(int(r["round"])),
+            f"{100 * float(r['forbidden']):.2f}%",
+            f"{100 * float(r['dense_test_acc']):.2f}%",
+            f"{100 * float(r['ticket_density']):.2f}%",
+            f"{100 * float(r['ticket_test_acc']):.2f}%",
+            str(int(r["overlap"])),
+        ]
+        for r in rows
+    ]
+    return _layout(f"disjoint tickets: test accuracy (%), {spread_note([1] if rows else [])}", head, lines)
