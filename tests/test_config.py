@@ -122,3 +122,47 @@ def test_layer_fractions_parse_to_a_mapping():
     cfg = C.from_dict({"prune": {"layer_fractions": "fc.0.weight=0.1, fc.2.weight=0"}})
     assert cfg.prune.overrides() == {"fc.0.weight": 0.1, "fc.2.weight": 0.0}
     assert C.from_dict({"imp": {"at_init": True, "target_density": 0.1}}).imp.target_density == 0.1
+
+
+# Run hashes computed by the code before steps became typed and imp.mode replaced one_shot / at_init: the
+# directories of runs made then must resolve to the same hash (so they resume rather than start again).
+GOLDEN_HASHES = {
+    "default": ({}, "23974710c9"),
+    "one_shot": ({"imp": {"one_shot": True}}, "e55e751539"),
+    "one_shot_target": ({"imp": {"one_shot": True, "target_density": 0.1}}, "0cfd6590e4"),
+    "at_init": ({"imp": {"at_init": True}}, "267b12e6ee"),
+    "at_init_target": ({"imp": {"at_init": True, "target_density": 0.05}}, "f166091f3e"),
+    "at_init_snip": ({"imp": {"at_init": True}, "prune": {"criterion": "snip"}}, "8ca7c7d9d6"),
+    "rewind_500it": ({"imp": {"rewind": "500it"}}, "e71317a3f7"),
+    "rewind_2ep": ({"imp": {"rewind": "2ep"}}, "bd8fdbc821"),
+    "milestones": ({"train": {"schedule": "step", "milestones": "750it,1125it"}}, "d948024a88"),
+    "warmup": ({"train": {"warmup": "100it"}}, "6a1f22114f"),
+    "steps_ep_eval": ({"train": {"steps": "3ep", "eval_every": "1ep"}}, "a0b93e0ac6"),
+}
+GOLDEN_PRESET_HASHES = {
+    "mnist1d-lth": "23974710c9",
+    "lth-lenet300": "da6713b6b5",
+    "openlth-lenet300": "5ea6fb4825",
+    "lth-conv2": "90fcf4dd87",
+    "lth-conv4": "fdf242012b",
+    "lth-conv6": "f2cd656f33",
+    "lth-vgg19": "f6b3fcded7",
+    "lth-resnet18": "2b32c96216",
+    "openlth-resnet20": "508d89d444",
+    "openlth-resnet20-rewind": "24cda679a4",
+    "openlth-vgg16": "bd0928d434",
+    "openlth-vgg16-rewind": "8b12b9b48f",
+    "mnist1d-lth-500": "a3397f3cd0",
+    "renda-mnist1d": "0d29733564",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_HASHES))
+def test_old_config_dicts_keep_their_run_hash(name):
+    d, expected = GOLDEN_HASHES[name]
+    assert C.from_dict(d).run_hash() == expected
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_PRESET_HASHES))
+def test_presets_keep_their_run_hash(name):
+    assert C.from_dict(C.preset(name)).run_hash() == GOLDEN_PRESET_HASHES[name]
