@@ -10,7 +10,6 @@ and a second identical command does no work; its rows join ``results.csv`` with 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from ticketlab import masks as M
-from ticketlab.config import ExperimentConfig, from_dict
+from ticketlab.config import ExperimentConfig, as_dict, from_dict
 from ticketlab.errors import TicketlabError
 from ticketlab.steps import Step
 from ticketlab.store import JobDir, RunLock, load_tensors, read_json, save_tensors, write_csv
@@ -389,7 +388,7 @@ def run_branch(
                 job = JobDir(run_dir, r, level, _dirname(tag))
                 if job.done or not JobDir(run_dir, r, level, "ticket").done:
                     continue
-                source = 0 if (cfg.imp.one_shot or cfg.imp.at_init) else level - 1
+                source = 0 if cfg.imp.prunes_from_dense else level - 1
                 ticket_mask = M.load_mask(job.path.parent / "mask.safetensors", dev)
                 start = Start(
                     cfg=cfg,
@@ -417,7 +416,7 @@ def run_branch(
                 job.path.mkdir(parents=True, exist_ok=True)
                 M.save_mask(job.file("mask.safetensors"), mask)
                 save_tensors(job.file("init.safetensors"), model.state_dict())
-                branch_cfg = target.replace(train=_as_dict(train_cfg))
+                branch_cfg = target.replace(train=as_dict(train_cfg))
                 data_seed = derive_seed(cfg.imp.seed, r, "data")
                 result = _train_job(model, target_data, branch_cfg, mask, data_seed, begin, _Progress(progress), job)
                 _finish(job, model, mask, result, label=tag, options=opts)
@@ -463,9 +462,3 @@ def _dense_at(cfg: ExperimentConfig, problem, level0: Path, r: int, step: int, d
             pass
         save_tensors(path, saved[0])
     return load_tensors(path, device)
-
-
-def _as_dict(train_cfg) -> dict[str, Any]:
-    import dataclasses
-
-    return json.loads(json.dumps(dataclasses.asdict(train_cfg), default=list))

@@ -168,7 +168,7 @@ def _check_identity(run_dir: Path, config: ExperimentConfig, problem: Problem) -
 
 def from_full(config: ExperimentConfig) -> bool:
     """Whether each level prunes the dense network (one-shot, at init) rather than the previous level's ticket."""
-    return config.imp.one_shot or config.imp.at_init
+    return config.imp.prunes_from_dense
 
 
 def level_count(config: ExperimentConfig) -> int:
@@ -190,7 +190,7 @@ def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
     names = M.prunable_names(model, prune_biases=p.prune_biases, ignore=p.ignore)
     if not names:
         raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
-    if cfg.imp.at_init and p.criterion in NEED_TRAINING:
+    if cfg.imp.mode == "at-init" and p.criterion in NEED_TRAINING:
         raise TicketlabError(
             f"criterion {p.criterion} compares the weights before and after training, which are the same at "
             "initialisation; use it without --at-init (iterative, or --one-shot), or pick another criterion"
@@ -343,10 +343,10 @@ def _next_mask(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir, r,
     at init: at the rewind point). After-training criteria score the weights the pruned network ended with
     against those it started from (theta_k); the others score the network itself."""
     device = start_state[next(iter(start_state))].device
-    if cfg.imp.at_init:
+    if cfg.imp.mode == "at-init":
         source = start_state
     else:
-        source_level = 0 if cfg.imp.one_shot else level - 1
+        source_level = 0 if cfg.imp.mode == "one-shot" else level - 1
         source = load_tensors(JobDir(run_dir, r, source_level, "ticket").file("final.safetensors"), device)
     model = problem.init_model(r)
     model.load_state_dict(source)
