@@ -272,7 +272,7 @@ class PruneConfig:
 
 MODES = ("iterative", "one-shot", "at-init")
 # Before imp.mode, two booleans said the same; old config files and run directories still hold them.
-_LEGACY_MODES = {"one_shot": "one-shot", "at_init": "at-init"}
+LEGACY_MODE_KEYS = {"one_shot": "one-shot", "at_init": "at-init"}
 
 
 @dataclass(frozen=True)
@@ -417,7 +417,7 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
         return d
     values = dict(d["imp"])
     try:
-        chosen = [_LEGACY_MODES[k] for k in _LEGACY_MODES if k in values and _bool(values.pop(k))]
+        chosen = [LEGACY_MODE_KEYS[k] for k in LEGACY_MODE_KEYS if k in values and _bool(values.pop(k))]
     except ValueError:
         raise TicketlabError("imp.one_shot and imp.at_init must be true or false (or give imp.mode)") from None
     if len(chosen) > 1:

@@ -80,7 +80,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if "\x00" in text:
         raise TicketlabError(f"config file {path} is not UTF-8 text (it holds NUL bytes); give a YAML or JSON file")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_ConfigLoader)  # noqa: S506
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_ConfigLoader)
     except TicketlabError as e:
         raise TicketlabError(f"cannot parse config file {path}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- any parse failure is the user's file
