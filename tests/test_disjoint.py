@@ -33,7 +33,7 @@ def test_disjoint_tickets_share_no_weights_and_each_round_starts_without_the_ear
 
 def test_disjoint_refuses_one_shot_pruning(tmp_path):
     with pytest.raises(TicketlabError, match="iterative pruning"):
-        disjoint(tiny_config(imp={"one_shot": True}), 2, out=tmp_path)
+        disjoint(tiny_config(imp={"mode": "one-shot"}), 2, out=tmp_path)
 
 
 def test_reinit_mode_redraws_earlier_tickets_weights_and_keeps_them_available(tmp_path):

@@ -106,13 +106,13 @@ def test_baselines_use_the_ticket_densities(data, tmp_path):
 
 
 def test_one_shot_levels_match_the_iterative_density_ladder(data, tmp_path):
-    cfg = tiny_config(imp={"one_shot": True, "levels": 3, "baselines": ()})
+    cfg = tiny_config(imp={"mode": "one-shot", "levels": 3, "baselines": ()})
     _run(cfg, data, tmp_path)
     masks = _masks(tmp_path, range(4))
     n = masks[0]["fc.0.weight"].numel()
     for level in (1, 2, 3):
         assert int(masks[level]["fc.0.weight"].sum()) == n - round((1 - 0.5**level) * n)
-    target = tiny_config(imp={"one_shot": True, "target_density": 0.1, "baselines": ()})
+    target = tiny_config(imp={"mode": "one-shot", "target_density": 0.1, "baselines": ()})
     rows = _run(target, data, tmp_path / "t")
     assert [r["level"] for r in rows] == [0, 1]
     m = _masks(tmp_path / "t", [1])[0]
@@ -197,7 +197,7 @@ def test_taking_the_lock_sweeps_temporaries_a_killed_writer_left(tmp_path):
 
 
 def test_pruning_at_init_scores_the_rewind_point_and_prunes_each_level_from_dense(data, tmp_path):
-    cfg = tiny_config(prune={"criterion": "snip"}, imp={"at_init": True, "levels": 2, "baselines": ("random_prune",)})
+    cfg = tiny_config(prune={"criterion": "snip"}, imp={"mode": "at-init", "levels": 2, "baselines": ("random_prune",)})
     _run(cfg, data, tmp_path)
     masks = _masks(tmp_path, range(3))
     for level in (1, 2):
@@ -218,7 +218,7 @@ def test_pruning_at_init_scores_the_rewind_point_and_prunes_each_level_from_dens
 def test_synflow_at_init_to_a_target_density_with_rounds(data, tmp_path):
     cfg = tiny_config(
         prune={"criterion": "synflow", "rounds": 5, "strategy": "global", "output_fraction": None},
-        imp={"at_init": True, "target_density": 0.02, "baselines": ()},
+        imp={"mode": "at-init", "target_density": 0.02, "baselines": ()},
     )
     rows = _run(cfg, data, tmp_path)
     mask = _masks(tmp_path, [1])[0]
@@ -228,7 +228,7 @@ def test_synflow_at_init_to_a_target_density_with_rounds(data, tmp_path):
 
 
 def test_at_init_refuses_criteria_that_need_training_before_writing_anything(data, tmp_path):
-    cfg = tiny_config(prune={"criterion": "movement"}, imp={"at_init": True})
+    cfg = tiny_config(prune={"criterion": "movement"}, imp={"mode": "at-init"})
     with pytest.raises(TicketlabError, match="same at initialisation"):
         _run(cfg, data, tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -42,6 +42,7 @@ _NOT_FOR_USER_MODELS = ("dataset", "data_dir", "model", "widths", "init")
 
 def _flat_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     where = {f.name: s for s in C.SECTIONS for f in C.fields_of(s) if f.name not in _NOT_FOR_USER_MODELS}
+    where.update(dict.fromkeys(C.LEGACY_MODE_KEYS, "imp"))  # one_shot=True / at_init=True, as before imp.mode
     nested: dict[str, dict[str, Any]] = {}
     for name, value in overrides.items():
         if name in _NOT_FOR_USER_MODELS:

@@ -9,9 +9,7 @@ and a second identical command does no work; its rows join ``results.csv`` with 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,7 +20,7 @@ import torch
 from torch import nn
 
 from ticketlab import masks as M
-from ticketlab.config import ExperimentConfig
+from ticketlab.config import ExperimentConfig, as_dict
 from ticketlab.data import iterations_per_epoch, load_configured
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
@@ -427,7 +425,7 @@ def _branch_job(
         model.load_state_dict(state)
         return model, mask
 
-    branch_cfg = target.replace(train=_as_dict(train_cfg or target.train))
+    branch_cfg = target.replace(train=as_dict(train_cfg or target.train))
     return Job(
         files=files,
         build=build,
@@ -458,7 +456,3 @@ def dense_at(run: RunDir, cfg: ExperimentConfig, problem: Problem, r: int, step:
         train(model, problem.data, cfg.train, mask=mask, data_seed=derive_seed(cfg.imp.seed, r, "data"), until=step)
         save_tensors(path, state_of(model))
     return load_tensors(path, device)
-
-
-def _as_dict(train_cfg) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(train_cfg), default=list))

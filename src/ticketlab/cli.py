@@ -11,15 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab import config as C
+from ticketlab import presets as P
+from ticketlab.configfile import load_file
 from ticketlab.errors import TicketlabError
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, *, mode: bool = True) -> None:
+    """One flag per config field; ``mode=False`` leaves out imp.mode (for a command that chooses it itself)."""
     # The defaults shown are what a run without --preset/--config uses: the default preset over the dataclasses.
-    effective = C.from_dict(C.preset(C.DEFAULT_PRESET))
+    effective = C.from_dict(P.preset(P.DEFAULT_PRESET))
     for section in C.SECTIONS:
         group = parser.add_argument_group(f"{section} options")
         for f in C.fields_of(section):
+            if (section, f.name) == ("imp", "mode"):
+                if mode:
+                    _mode_flags(group, f.metadata["help"])
+                continue
             flag = "--" + f.name.replace("_", "-")
             default = getattr(getattr(effective, section), f.name)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -33,8 +40,17 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(flag, metavar=f.name.upper(), **kwargs)
 
 
+def _mode_flags(group: argparse._ArgumentGroup, help_text: str) -> None:
+    """``--mode`` and its shorthands ``--one-shot`` / ``--at-init`` (one of the three at most)."""
+    one = group.add_mutually_exclusive_group()
+    kwargs: dict[str, Any] = {"dest": "imp.mode", "default": None}
+    one.add_argument("--mode", choices=C.MODES, help=f"{help_text} (default: iterative)", **kwargs)
+    one.add_argument("--one-shot", action="store_const", const="one-shot", help="same as --mode one-shot", **kwargs)
+    one.add_argument("--at-init", action="store_const", const="at-init", help="same as --mode at-init", **kwargs)
+
+
 def _run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help=f"named config (see `ticketlab presets`); default {C.DEFAULT_PRESET}")
+    p.add_argument("--preset", help=f"named config (see `ticketlab presets`); default {P.DEFAULT_PRESET}")
     p.add_argument("--config", help="YAML or JSON file with sections data/model/train/prune/imp")
     p.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: auto)")
@@ -61,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "imp",
         help="iterative magnitude pruning with rewinding, and baselines",
         description="Train, prune, rewind and retrain level after level, beside the random re-init and random "
-        f"pruning baselines. With no flags: the default MNIST-1D experiment (preset {C.DEFAULT_PRESET}, whose "
+        f"pruning baselines. With no flags: the default MNIST-1D experiment (preset {P.DEFAULT_PRESET}, whose "
         "values the defaults below show; a --preset or --config replaces them).",
     )
     _run_flags(p)
@@ -83,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "at-init", "one-shot"),
         help="auto: snip/grasp/synflow at init, the others one-shot after training (default: auto)",
     )
-    _add_config_flags(c)
+    _add_config_flags(c, mode=False)
     dj = sub.add_parser(
         "disjoint",
         help="disjoint tickets: find a ticket, forbid its weights, search again, N times",
@@ -163,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> C.ExperimentConfig:
     """Defaults, then the preset, then the config file, then flags."""
-    merged: dict[str, Any] = C.preset(args.preset or C.DEFAULT_PRESET)
+    merged: dict[str, Any] = P.preset(args.preset or P.DEFAULT_PRESET)
     if args.config:
-        merged = C.merge(merged, C.load_file(args.config))
+        merged = C.merge(merged, load_file(args.config))
     flags: dict[str, dict[str, Any]] = {}
     for key, value in vars(args).items():
         if "." in key and value is not None:
@@ -190,11 +206,12 @@ def _imp(args: argparse.Namespace) -> int:
 
 
 def _criteria(args: argparse.Namespace) -> int:
-    from ticketlab import compare_criteria
+    from ticketlab import compare_criteria, scores
     from ticketlab.report.tables import criteria_table
 
     cfg = config_from_args(args)
-    criteria = list(C.CRITERIA) if args.criteria == "all" else [c.strip() for c in args.criteria.split(",") if c]
+    known = list(scores.AFTER_TRAINING) + list(scores.WITH_MODEL)
+    criteria = known if args.criteria == "all" else [c.strip() for c in args.criteria.split(",") if c]
     try:
         densities = [float(d) for d in args.densities.split(",") if d.strip()]
     except ValueError:
@@ -288,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "disjoint":
             return _disjoint(args)
         if args.command == "presets":
-            _listing({name: desc for name, (desc, _) in C.PRESETS.items()})
+            _listing({name: desc for name, (desc, _) in P.PRESETS.items()})
             return 0
         if args.command == "models":
             from ticketlab.models import model_names

@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ticketlab.config import CRITERIA, ExperimentConfig
+from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import imp
 from ticketlab.report.plots import criteria_plot
-from ticketlab.scores import NEED_TRAINING
+from ticketlab.scores import AFTER_TRAINING, NEED_TRAINING, WITH_MODEL
 from ticketlab.store import write_csv
 
 MODES = ("auto", "at-init", "one-shot")
@@ -37,9 +37,10 @@ def mode_of(criterion: str, mode: str) -> str:
 
 def configs(base: ExperimentConfig, criteria: list[str], densities: list[float], mode: str = "auto"):
     """The run of each (criterion, density): one level, no baselines (``random`` is among the criteria)."""
-    bad = [c for c in criteria if c not in CRITERIA]
+    known = (*AFTER_TRAINING, *WITH_MODEL)
+    bad = [c for c in criteria if c not in known]
     if bad:
-        raise TicketlabError(f"unknown criteria {bad}; known: {', '.join(CRITERIA)}")
+        raise TicketlabError(f"unknown criteria {bad}; known: {', '.join(known)}")
     if not criteria or not densities:
         raise TicketlabError("give at least one criterion and one density")
     if base.prune.units != "none":
@@ -52,7 +53,7 @@ def configs(base: ExperimentConfig, criteria: list[str], densities: list[float],
         if how == "at-init" and c in NEED_TRAINING:
             raise TicketlabError(f"{c} needs trained weights and cannot prune at init; use --mode auto or one-shot")
         for d in densities:
-            imp = {"one_shot": how == "one-shot", "at_init": how == "at-init", "target_density": d, "baselines": ()}
+            imp = {"mode": how, "target_density": d, "baselines": ()}
             out.append((c, how, d, base.replace(prune={"criterion": c}, imp=imp)))
     return out
 

@@ -45,7 +45,7 @@ def disjoint(
         raise TicketlabError(f"--exclude must be forbid or reinit, not {exclude!r}")
     if rounds < 1:
         raise TicketlabError(f"the number of tickets (--tickets) must be >= 1, got {rounds}")
-    if config.imp.one_shot or config.imp.at_init:
+    if config.imp.prunes_from_dense:
         raise TicketlabError("disjoint tickets are found by iterative pruning; drop --one-shot / --at-init")
     if config.prune.units != "none":
         raise TicketlabError("disjoint tickets are weight tickets; drop --units")

@@ -44,15 +44,11 @@ class Plan:
         return 0 if self.from_dense else level - 1
 
 
-def mode_of(config: ExperimentConfig) -> str:
-    return "one-shot" if config.imp.one_shot else "at-init" if config.imp.at_init else "iterative"
-
-
 def make_plan(cfg: ExperimentConfig, problem: Problem) -> Plan:
     """The plan of ``cfg`` on ``problem``; TicketlabError for settings that cannot run."""
     model = problem.init_model(0)
     p = cfg.prune
-    mode = mode_of(cfg)
+    mode = cfg.imp.mode
     names = M.prunable_names(model, prune_biases=p.prune_biases, ignore=p.ignore)
     if not names:
         raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
