@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ticketlab.config import CRITERIA, ExperimentConfig
+from ticketlab import scores as S
+from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.store import write_csv
 
 MODES = ("auto", "at-init", "one-shot")
 COLUMNS = ["criterion", "mode", "target_density", "density", "replicate", "final_test_acc", "best_test_acc"]
-AT_INIT_BY_DEFAULT = ("snip", "grasp", "synflow")
 
 
 def mode_of(criterion: str, mode: str) -> str:
@@ -31,16 +31,14 @@ def mode_of(criterion: str, mode: str) -> str:
         raise TicketlabError(f"unknown mode {mode!r}; use {', '.join(MODES)}")
     if mode != "auto":
         return mode
-    return "at-init" if criterion in AT_INIT_BY_DEFAULT else "one-shot"
+    return "at-init" if S.get(criterion).at_init_default else "one-shot"
 
 
 def configs(base: ExperimentConfig, criteria: list[str], densities: list[float], mode: str = "auto"):
     """The run of each (criterion, density): one level, no baselines (``random`` is among the criteria)."""
-    from ticketlab.scores import NEED_TRAINING
-
-    bad = [c for c in criteria if c not in CRITERIA]
+    bad = [c for c in criteria if c not in S.names()]
     if bad:
-        raise TicketlabError(f"unknown criteria {bad}; known: {', '.join(CRITERIA)}")
+        raise TicketlabError(f"unknown criteria {bad}; known: {', '.join(S.names())}")
     if not criteria or not densities:
         raise TicketlabError("give at least one criterion and one density")
     if base.prune.units != "none":
@@ -50,8 +48,7 @@ def configs(base: ExperimentConfig, criteria: list[str], densities: list[float],
     out = []
     for c in criteria:
         how = mode_of(c, mode)
-        if how == "at-init" and c in NEED_TRAINING:
-            raise TicketlabError(f"{c} needs trained weights and cannot prune at init; use --mode auto or one-shot")
+        S.get(c, at_init=how == "at-init")
         for d in densities:
             imp = {"one_shot": how == "one-shot", "at_init": how == "at-init", "target_density": d, "baselines": ()}
             out.append((c, how, d, base.replace(prune={"criterion": c}, imp=imp)))
@@ -150,7 +147,7 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_test_acc")
             capsize=2,
             label=criterion,
             color=colors[i % len(colors)],
-            linestyle="--" if criterion in AT_INIT_BY_DEFAULT else "-",
+            linestyle="--" if S.get(criterion).at_init_default else "-",
         )
     ax.set_xscale("log")
     ax.invert_xaxis()

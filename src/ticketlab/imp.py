@@ -23,21 +23,27 @@ import torch
 from torch import nn
 
 from ticketlab import masks as M
+from ticketlab import prunable as P
+from ticketlab import scores as S
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import Dataset, iterations_per_epoch
 from ticketlab.data import batches as batch_iter
 from ticketlab.errors import TicketlabError
 from ticketlab.pruning import (
     Group,
+    alive_units,
     at_level,
+    collapse,
     compound,
+    expand,
+    find_units,
     one_shot_groups,
     plan_groups,
     prune,
     prune_in_rounds,
     random_mask,
 )
-from ticketlab.scores import NEED_TRAINING, ROUNDS, WITH_MODEL, Examples, after_training
+from ticketlab.scores import Examples
 from ticketlab.steps import Step
 from ticketlab.store import (
     JobDir,
@@ -187,21 +193,16 @@ class _Plan:
 def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
     model = problem.init_model(0)
     p = cfg.prune
-    names = M.prunable_names(model, prune_biases=p.prune_biases, ignore=p.ignore)
+    names = P.prunable_names(model, prune_biases=p.prune_biases, ignore=p.ignore)
     if not names:
         raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
-    if cfg.imp.at_init and p.criterion in NEED_TRAINING:
-        raise TicketlabError(
-            f"criterion {p.criterion} compares the weights before and after training, which are the same at "
-            "initialisation; use it without --at-init (iterative, or --one-shot), or pick another criterion"
-        )
+    S.get(p.criterion, at_init=cfg.imp.at_init)  # a known criterion, that can score what it is given
     overrides = p.overrides()
-    output = M.output_layer_name(model)
+    output = P.output_layer_name(model)
     units = None
     pruned = names
     if p.units != "none":
-        from ticketlab.structure import find_units
-
+        S.get(p.units, units=True)
         units = find_units(model, problem.data.input_shape)
         if p.units == "bn":  # network slimming scores the layers that have a BatchNorm
             units = [u for u in units if u.norm is not None]
@@ -224,7 +225,7 @@ def _plan(cfg: ExperimentConfig, problem: Problem) -> _Plan:
             overrides.setdefault(layer, 0.0)
     groups = plan_groups(
         pruned,
-        kinds=M.layer_kinds(model),
+        kinds=P.layer_kinds(model),
         output_name=output,
         strategy=p.strategy,
         fraction=p.fraction,
@@ -333,8 +334,6 @@ def _full_mask(model: nn.Module, plan: _Plan) -> M.Mask:
     full = M.full_mask(model, plan.names)
     if plan.units is None:
         return full
-    from ticketlab.structure import alive_units, expand
-
     return expand(plan.units, alive_units(plan.units, full), model, full)  # with the units' biases and norms
 
 
@@ -366,9 +365,8 @@ def _next_mask(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir, r,
 
     seed = derive_seed(cfg.imp.seed, r, level)
     if plan.units is not None:
-        from ticketlab.structure import alive_units, expand, unit_scores
-
-        scores = {f"{k}.weight": v for k, v in unit_scores(model, plan.units, cfg.prune.units, base).items()}
+        unit_scores = S.score(cfg.prune.units, model=model, mask=base, units=plan.units)
+        scores = {f"{k}.weight": v for k, v in unit_scores.items()}
         alive = {f"{k}.weight": v for k, v in alive_units(plan.units, base).items()}
         kept = {k.removesuffix(".weight"): v for k, v in prune(scores, alive, groups).items()}
         new = expand(plan.units, kept, model, base)
@@ -382,11 +380,11 @@ def _next_mask(cfg: ExperimentConfig, problem: Problem, plan: _Plan, run_dir, r,
         )
 
         def score(current: M.Mask) -> dict[str, torch.Tensor]:
-            if criterion in WITH_MODEL:
-                return WITH_MODEL[criterion](model, current, examples)
-            return after_training(criterion, start_state, source, list(current), seed)
+            return S.score(
+                criterion, model=model, mask=current, examples=examples, start=start_state, end=source, seed=seed
+            )
 
-        new = prune_in_rounds(score, base, groups, cfg.prune.rounds or ROUNDS.get(criterion, 1))
+        new = prune_in_rounds(score, base, groups, cfg.prune.rounds or S.get(criterion).rounds)
     if not M.is_subset(new, base):
         raise AssertionError("pruning must only remove weights")
     return new
@@ -398,8 +396,6 @@ def _random_baseline(plan: _Plan, problem: Problem, mask: M.Mask, seed: int) -> 
     if plan.units is None:
         pools = [m for g in plan.groups for m in ([(n,) for n in g.members] if g.erk else [g.members])]
         return random_mask(mask, seed, pools)
-    from ticketlab.structure import alive_units, expand
-
     model = problem.init_model(0)
     alive = alive_units(plan.units, mask)
     pools = [(u.layer,) for u in plan.units]  # as many per layer as the ticket keeps, global or not
@@ -410,7 +406,7 @@ def _random_baseline(plan: _Plan, problem: Problem, mask: M.Mask, seed: int) -> 
 
 def _check_collapse(cfg: ExperimentConfig, problem: Problem, mask: M.Mask, where: str) -> None:
     """Layer collapse (a layer emptied, or outputs cut off from the input): warn, or refuse to go on."""
-    problems = M.collapse(problem.init_model(0), mask, problem.data.input_shape)
+    problems = collapse(problem.init_model(0), mask, problem.data.input_shape)
     if not problems:
         return
     text = f"layer collapse at {where}: {'; '.join(problems)}\n{M.density_table(mask)}"

@@ -176,7 +176,7 @@ def train(
     masked = MaskedParams(model, mask)
     masked.mask_weights()
     if cfg.slimming:
-        from ticketlab.structure import add_slimming_grad
+        from ticketlab.pruning import add_slimming_grad
     optimizer = make_optimizer(list(model.parameters()), cfg)
     metrics: list[dict[str, Any]] = []
     running, seen = torch.zeros((), device=data.train.x.device), 0
