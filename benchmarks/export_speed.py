@@ -1,11 +1,11 @@
 """Structured tickets: the masked dense model against the exported smaller one, for inference and training.
 
 For each network a structured ticket keeps the 25% of units with the largest L1 norm in every unit layer
-(``ticketlab.structure``: hidden neurons, conv filters). The same ticket is then run two ways:
+(``ticketlab.pruning.units``: hidden neurons, conv filters). The same ticket is then run two ways:
 
 - ``dense``: the original model with the mask applied (pruned units are rows / filters of zeros). Training it
   multiplies the gradients by the mask before the step and the weights after it, as ticketlab's loop does.
-- ``exported``: ``structure.export`` of it, a physically smaller model computing the same function.
+- ``exported``: ``ticketlab.export.export`` of it, a physically smaller model computing the same function.
 
 Inference (eval mode, no_grad) and a training step (forward, backward, SGD with momentum) are timed in
 alternating rounds in one run; medians are printed with the ratio dense / exported (above 1: exporting pays).
@@ -22,9 +22,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ticketlab.masks import apply_mask, full_mask, prunable_names
+from ticketlab import scores as S
+from ticketlab.export import export
+from ticketlab.masks import apply_mask, full_mask
 from ticketlab.models import create_model, initialize
-from ticketlab.structure import expand, export, find_units, unit_scores
+from ticketlab.prunable import prunable_names
+from ticketlab.pruning import expand, find_units
 from ticketlab.training import MaskedParams
 
 # name, model, kwargs, input shape, training batch, inference batch
@@ -44,7 +47,7 @@ def structured_ticket(model: torch.nn.Module, shape: tuple[int, ...], keep: floa
     units = find_units(model, shape)
     mask = full_mask(model, prunable_names(model))
     alive = {}
-    for layer, scores in unit_scores(model, units, "l1", mask).items():
+    for layer, scores in S.score("l1", model=model, mask=mask, units=units).items():
         top = torch.zeros(len(scores), dtype=torch.bool)
         top[scores.topk(max(1, round(keep * len(scores)))).indices.cpu()] = True
         alive[layer] = top

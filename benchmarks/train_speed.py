@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from ticketlab.config import TrainConfig
 from ticketlab.data import batches, iterations_per_epoch, load_dataset
-from ticketlab.masks import full_mask, prunable_names
+from ticketlab.masks import full_mask
 from ticketlab.models import create_model, initialize
+from ticketlab.prunable import prunable_names
 from ticketlab.training import train
 
 

@@ -7,9 +7,10 @@ from ticketlab.data import batches, load_dataset
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.problem import registry_problem
-from ticketlab.pruning import keep_counts, prune_to
+from ticketlab.prunable import prunable_names
+from ticketlab.pruning import collapse, keep_counts, prune_to
 from ticketlab.rundir import RunDir, load_ticket
-from ticketlab.scores import WITH_MODEL, Examples
+from ticketlab.scores import Examples, score
 from ticketlab.seeds import derive_seed
 from ticketlab.store import RunLock, load_tensors, read_csv, read_record
 
@@ -179,7 +180,7 @@ def test_rewinding_to_k_resumes_the_schedule_and_data_order(data, tmp_path):
     level0 = RunDir(tmp_path).job(0, 0, "ticket")
     model = registry_problem(cfg, data).init_model(0)
     model.load_state_dict(load_tensors(level0.path.parent / "rewind.safetensors"))
-    mask = M.full_mask(model, M.prunable_names(model))
+    mask = M.full_mask(model, prunable_names(model))
     train(model, data, cfg.train, mask=mask, data_seed=derive_seed(cfg.imp.seed, 0, "data"), start=20)
     final = load_tensors(level0.final)
     assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
@@ -210,7 +211,7 @@ def test_pruning_at_init_scores_the_rewind_point_and_prunes_each_level_from_dens
     full = {n: torch.ones_like(m) for n, m in masks[0].items()}
     seed = derive_seed(0, 0, 1)
     examples = Examples(data.input_shape, lambda: ((x, y) for _, x, y in batches(data.train, 50, seed, 0, 1)))
-    scores = WITH_MODEL["snip"](model, full, examples)
+    scores = score("snip", model=model, mask=full, examples=examples)
     counts = keep_counts([((n,), 0.25 if n == "fc.2.weight" else 0.5) for n in full], full)
     assert all(torch.equal(prune_to(scores, full, counts)[n], masks[1][n]) for n in full)
 
@@ -224,7 +225,7 @@ def test_synflow_at_init_to_a_target_density_with_rounds(data, tmp_path):
     mask = _masks(tmp_path, [1])[0]
     assert M.count(mask) == M.size(mask) - round(0.98 * M.size(mask))
     assert [r["level"] for r in rows] == [0, 1]
-    assert M.collapse(registry_problem(cfg, data).init_model(0), mask, data.input_shape) == []
+    assert collapse(registry_problem(cfg, data).init_model(0), mask, data.input_shape) == []
 
 
 def test_at_init_refuses_criteria_that_need_training_before_writing_anything(data, tmp_path):
@@ -267,8 +268,7 @@ def _alive_counts(mask, layers):
 
 
 def test_structured_levels_remove_whole_neurons_exactly_and_export_to_a_smaller_equal_model(data, tmp_path):
-    from ticketlab.export import export_ticket
-    from ticketlab.structure import load_exported
+    from ticketlab.export import export_ticket, load_exported
 
     cfg = tiny_config(prune={"units": "l1"}, imp={"levels": 2})
     _run(cfg, data, tmp_path)

@@ -9,6 +9,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.models import INIT_SCHEMES, NORMS, create_model, initialize, model_arguments, model_names
 from ticketlab.problem import registry_problem
+from ticketlab.prunable import layer_kinds, output_layer_name, prunable_names
 from ticketlab.pruning import plan_groups, prune
 from ticketlab.rundir import RunDir
 from ticketlab.scores import large_final
@@ -40,12 +41,12 @@ def test_every_model_forward_prunable_set_and_seeded_init(name, shape):
         return
     model = create_model(name, input_shape, 7, **small(name))
     assert model(torch.randn(5, *input_shape)).shape == (5, 7)
-    names = M.prunable_names(model)
+    names = prunable_names(model)
     params = dict(model.named_parameters())
     # conv and linear weights only: never biases, never normalisation layers
     layers = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
     assert set(names) == layers and all(params[n].dim() >= 2 for n in names)
-    assert M.output_layer_name(model) == names[-1] and params[names[-1]].shape[0] == 7
+    assert output_layer_name(model) == names[-1] and params[names[-1]].shape[0] == 7
     for scheme in INIT_SCHEMES:
         a = initialize(create_model(name, input_shape, 7, **small(name)), scheme, seed=3).state_dict()
         b = initialize(create_model(name, input_shape, 7, **small(name)), scheme, seed=3).state_dict()
@@ -59,11 +60,11 @@ def test_every_model_forward_prunable_set_and_seeded_init(name, shape):
 def test_every_model_prunes_to_the_exact_count(name, strategy):
     shape = SHAPES["mnist1d"] if not is_image_model(name) else SHAPES["rgb32"]
     model = initialize(create_model(name, shape, 10, **small(name)), "kaiming_normal", 0)
-    names = M.prunable_names(model)
+    names = prunable_names(model)
     groups = plan_groups(
         names,
-        kinds=M.layer_kinds(model),
-        output_name=M.output_layer_name(model),
+        kinds=layer_kinds(model),
+        output_name=output_layer_name(model),
         strategy=strategy,
         fraction=0.2,
         conv_fraction=0.15,

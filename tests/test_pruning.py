@@ -1,3 +1,5 @@
+"""Allocation (how many each layer keeps), exact top-k (which), and layer collapse."""
+
 import math
 
 import pytest
@@ -6,10 +8,13 @@ from torch import nn
 
 from ticketlab import masks as M
 from ticketlab.errors import TicketlabError
+from ticketlab.prunable import layer_kinds, output_layer_name, prunable_names
 from ticketlab.pruning import (
     Group,
     at_level,
+    collapse,
     compound,
+    dead_outputs,
     erk_densities,
     one_shot_groups,
     plan_groups,
@@ -57,7 +62,7 @@ def test_masks_only_shrink_even_when_pruned_weights_score_highest():
 def test_exact_counts_over_many_levels_on_a_real_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(37, 29), nn.ReLU(), nn.Linear(29, 7))
-    names = M.prunable_names(model)
+    names = prunable_names(model)
     assert names == ["0.weight", "2.weight"]  # biases never, unless asked
     groups = _groups(model, names, "layerwise", 0.2, output_fraction=0.1)
     mask = M.full_mask(model, names)
@@ -70,13 +75,6 @@ def test_exact_counts_over_many_levels_on_a_real_model():
             assert int(new[n].sum()) == expected[n]
         assert M.is_subset(new, mask)
         mask = new
-
-
-def test_prunable_names_biases_and_ignore():
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    assert M.prunable_names(model, prune_biases=True) == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    assert M.prunable_names(model, ignore=["2"]) == ["0.weight"]
-    assert M.output_layer_name(model) == "2.weight"
 
 
 def test_random_mask_keeps_counts_per_pool():
@@ -92,17 +90,6 @@ def test_compound_fraction():
     assert abs(compound(0.2, 3) - (1 - 0.8**3)) < 1e-12
 
 
-def test_mask_save_load_roundtrip_and_apply(tmp_path):
-    model = nn.Linear(6, 3)
-    mask = {"weight": torch.rand(3, 6) < 0.5}
-    M.save_mask(tmp_path / "m.safetensors", mask)
-    back = M.load_mask(tmp_path / "m.safetensors")
-    assert torch.equal(back["weight"], mask["weight"])
-    M.apply_mask(model, back)
-    assert bool((model.weight[~mask["weight"]] == 0).all())
-    assert M.hamming(mask, back) == 0.0 and M.density(mask) == mask["weight"].float().mean().item()
-
-
 def test_nan_and_infinite_scores_still_give_the_exact_count():
     scores = {"a": t(float("nan"), float("-inf"), 1.0, 2.0, 0.5, 3.0)}
     mask = {"a": t(True, True, True, True, False, True)}
@@ -112,13 +99,13 @@ def test_nan_and_infinite_scores_still_give_the_exact_count():
 
 def test_output_bias_goes_at_the_output_rate_when_biases_are_pruned():
     model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
-    names = M.prunable_names(model, prune_biases=True)
+    names = prunable_names(model, prune_biases=True)
     groups = _groups(model, names, "global", 0.2, output_fraction=0.1)
     assert groups == [(("0.weight", "0.bias"), 0.2), (("2.weight",), 0.1), (("2.bias",), 0.1)]
 
 
 def _groups(model, names, strategy, fraction, **rates):
-    kinds, out = M.layer_kinds(model), M.output_layer_name(model)
+    kinds, out = layer_kinds(model), output_layer_name(model)
     groups = plan_groups(names, kinds=kinds, output_name=out, strategy=strategy, fraction=fraction, **rates)
     assert not any(g.erk for g in groups) or strategy == "erk"
     return [tuple(g[:2]) for g in groups] if strategy != "erk" else groups
@@ -126,7 +113,7 @@ def _groups(model, names, strategy, fraction, **rates):
 
 def test_conv_fc_and_output_layers_at_their_own_rates():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 8), nn.Linear(8, 3))
-    names = M.prunable_names(model)
+    names = prunable_names(model)
     layerwise = _groups(model, names, "layerwise", 0.2, conv_fraction=0.15, output_fraction=0.1)
     assert layerwise == [(("0.weight",), 0.15), (("1.weight",), 0.15), (("3.weight",), 0.2), (("4.weight",), 0.1)]
     mask = M.full_mask(model, names)
@@ -172,7 +159,7 @@ def test_erk_densities_follow_the_formula_and_hit_the_overall_density():
 
 def test_erk_group_prunes_each_layer_to_its_exact_count_and_compounds_over_levels():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 20), nn.Linear(20, 5))
-    names = M.prunable_names(model)
+    names = prunable_names(model)
     groups = _groups(model, names, "erk", 0.5, output_fraction=0.2)
     assert [(g.members, g.erk) for g in groups] == [(("0.weight", "2.weight"), True), (("3.weight",), False)]
     mask = M.full_mask(model, names)
@@ -189,7 +176,7 @@ def test_erk_group_prunes_each_layer_to_its_exact_count_and_compounds_over_level
 
 def test_per_layer_overrides_and_dense_layers():
     model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10), nn.Linear(10, 4))
-    names = M.prunable_names(model)
+    names = prunable_names(model)
     groups = _groups(model, names, "global", 0.5, overrides={"0.weight": 0.0, "2.weight": 0.25})
     assert groups == [(("0.weight",), 0.0), (("1.weight",), 0.5), (("2.weight",), 0.25)]
     new = prune(
@@ -222,32 +209,32 @@ def test_rounds_reach_the_exact_count_on_an_exponential_schedule_rescoring_each_
 
 def test_collapse_detects_an_emptied_layer_and_a_cut_path():
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
-    names = M.prunable_names(model)
+    names = prunable_names(model)
     mask = M.full_mask(model, names)
-    assert M.collapse(model, mask, (4,)) == []
+    assert collapse(model, mask, (4,)) == []
     # hidden unit 0 of layer 3 has no input, and the output layer reads only unit 0: cut, though no layer is empty
     cut = dict(mask, **{"3.weight": torch.tensor([[False] * 3, [True] * 3, [True] * 3])})
     cut["5.weight"] = torch.tensor([[True, False, False], [True, False, False]])
-    assert M.collapse(model, cut, (4,)) == ["no path from the input reaches any output"]
-    assert M.dead_outputs(model, cut, (4,)) == (2, 2)
+    assert collapse(model, cut, (4,)) == ["no path from the input reaches any output"]
+    assert dead_outputs(model, cut, (4,)) == (2, 2)
     # one output reachable: one dead, which is not collapse
     cut["5.weight"] = torch.tensor([[True, False, False], [False, True, False]])
-    assert M.dead_outputs(model, cut, (4,)) == (1, 2) and M.collapse(model, cut, (4,)) == []
+    assert dead_outputs(model, cut, (4,)) == (1, 2) and collapse(model, cut, (4,)) == []
     empty = dict(mask, **{"0.weight": torch.zeros(3, 4, dtype=torch.bool)})
-    assert M.collapse(model, empty, (4,))[0] == "0.weight has no weight left"
+    assert collapse(model, empty, (4,))[0] == "0.weight has no weight left"
     assert "0.weight" in M.density_table(empty) and "0.0000%" in M.density_table(empty)
     # a bias (with --prune-biases) or a norm parameter emptied is no collapse: the weights still connect
     biases = dict(mask, **{"5.bias": torch.zeros(2, dtype=torch.bool), "1.weight": torch.zeros(3, dtype=torch.bool)})
-    assert M.collapse(model, biases, (4,)) == []
+    assert collapse(model, biases, (4,)) == []
 
 
 def test_collapse_sees_paths_through_residual_connections():
     from ticketlab.models import create_model
 
     model = create_model("resnet20", (3, 8, 8), 10, width=0.25)
-    mask = M.full_mask(model, M.prunable_names(model))
+    mask = M.full_mask(model, prunable_names(model))
     # emptying one block's conv leaves its identity shortcut: a layer collapses, the outputs stay connected
     mask["blocks.1.conv2.weight"] = torch.zeros_like(mask["blocks.1.conv2.weight"])
-    assert M.collapse(model, mask, (3, 8, 8)) == ["blocks.1.conv2.weight has no weight left"]
+    assert collapse(model, mask, (3, 8, 8)) == ["blocks.1.conv2.weight has no weight left"]
     mask["conv.weight"] = torch.zeros_like(mask["conv.weight"])  # the stem: nothing gets in
-    assert "no path from the input reaches any output" in M.collapse(model, mask, (3, 8, 8))
+    assert "no path from the input reaches any output" in collapse(model, mask, (3, 8, 8))

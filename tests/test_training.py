@@ -6,8 +6,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ticketlab.config import TrainConfig
 from ticketlab.data import batches, load_dataset
-from ticketlab.masks import full_mask, prunable_names
+from ticketlab.masks import full_mask
 from ticketlab.models import create_model, initialize
+from ticketlab.prunable import prunable_names
 from ticketlab.training import MaskedParams, Schedule, make_optimizer, train
 
 

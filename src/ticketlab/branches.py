@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ticketlab import masks as M
+from ticketlab import prunable as P
 from ticketlab.config import ExperimentConfig, as_dict
 from ticketlab.data import iterations_per_epoch, load_configured
 from ticketlab.device import resolve_device
@@ -174,7 +175,7 @@ def transfer(
     if reinit_output not in ("auto", "yes", "no"):
         raise TicketlabError(f"transfer: reinit_output must be auto, yes or no, not {reinit_output!r}")
     target = fresh(s.seed)
-    out = M.output_layer_name(target)
+    out = P.output_layer_name(target)
     bias = out.removesuffix("weight") + "bias"
     new_task = bool(dataset or classes)
     shape_changed = tuple(target.state_dict()[out].shape) != tuple(s.rewind[out].shape)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ticketlab import config as C
 from ticketlab import presets as P
+from ticketlab import scores as S
 from ticketlab.configfile import load_file
 from ticketlab.errors import TicketlabError
 
@@ -31,8 +32,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, mode: bool = True) -> 
             default = getattr(getattr(effective, section), f.name)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             help_text = f"{f.metadata['help']} (default: {shown})"
-            if f.metadata["choices"]:
-                help_text += f"; one of {', '.join(f.metadata['choices'])}"
+            choices = S.names() if (section, f.name) == ("prune", "criterion") else f.metadata["choices"]
+            if choices:
+                help_text += f"; one of {', '.join(choices)}"
             kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text}
             if C.field_type(section, f.name) is bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -82,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _run_flags(p)
     _add_config_flags(p)
+    at_init = [n for n in S.names() if S.get(n).at_init_default]  # `ticketlab criteria` scores these at init
     c = sub.add_parser(
         "criteria",
         help="compare pruning criteria: each pruned once to a few densities, then trained",
-        description="Prune with each criterion straight to each density and train the result: snip, grasp and "
-        "synflow at initialisation, the after-training criteria from the trained dense network (one-shot, "
-        "rewound). Each pair is an ordinary resumable run; the comparison's table and plot go in its own "
+        description="Prune with each criterion straight to each density and train the result: "
+        f"{', '.join(at_init)} at initialisation, the after-training criteria from the trained dense network "
+        "(one-shot, rewound). Each pair is an ordinary resumable run; the comparison's table and plot go in its own "
         "directory. Config flags as for `imp`.",
     )
     _run_flags(c)
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         default="auto",
         choices=("auto", "at-init", "one-shot"),
-        help="auto: snip/grasp/synflow at init, the others one-shot after training (default: auto)",
+        help=f"auto: {'/'.join(at_init)} at init, the others one-shot after training (default: auto)",
     )
     _add_config_flags(c, mode=False)
     dj = sub.add_parser(
@@ -206,12 +209,11 @@ def _imp(args: argparse.Namespace) -> int:
 
 
 def _criteria(args: argparse.Namespace) -> int:
-    from ticketlab import compare_criteria, scores
+    from ticketlab import compare_criteria
     from ticketlab.report.tables import criteria_table
 
     cfg = config_from_args(args)
-    known = list(scores.AFTER_TRAINING) + list(scores.WITH_MODEL)
-    criteria = known if args.criteria == "all" else [c.strip() for c in args.criteria.split(",") if c]
+    criteria = S.names() if args.criteria == "all" else [c.strip() for c in args.criteria.split(",") if c]
     try:
         densities = [float(d) for d in args.densities.split(",") if d.strip()]
     except ValueError:

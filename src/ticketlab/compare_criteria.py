@@ -14,16 +14,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ticketlab import scores as S
 from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import imp
 from ticketlab.report.plots import criteria_plot
-from ticketlab.scores import AFTER_TRAINING, NEED_TRAINING, WITH_MODEL
 from ticketlab.store import write_csv
 
 MODES = ("auto", "at-init", "one-shot")
 COLUMNS = ["criterion", "mode", "target_density", "density", "replicate", "final_test_acc", "best_test_acc"]
-AT_INIT_BY_DEFAULT = ("snip", "grasp", "synflow")
 
 
 def mode_of(criterion: str, mode: str) -> str:
@@ -32,15 +31,14 @@ def mode_of(criterion: str, mode: str) -> str:
         raise TicketlabError(f"unknown mode {mode!r}; use {', '.join(MODES)}")
     if mode != "auto":
         return mode
-    return "at-init" if criterion in AT_INIT_BY_DEFAULT else "one-shot"
+    return "at-init" if S.get(criterion).at_init_default else "one-shot"
 
 
 def configs(base: ExperimentConfig, criteria: list[str], densities: list[float], mode: str = "auto"):
     """The run of each (criterion, density): one level, no baselines (``random`` is among the criteria)."""
-    known = (*AFTER_TRAINING, *WITH_MODEL)
-    bad = [c for c in criteria if c not in known]
+    bad = [c for c in criteria if c not in S.names()]
     if bad:
-        raise TicketlabError(f"unknown criteria {bad}; known: {', '.join(known)}")
+        raise TicketlabError(f"unknown criteria {bad}; known: {', '.join(S.names())}")
     if not criteria or not densities:
         raise TicketlabError("give at least one criterion and one density")
     if base.prune.units != "none":
@@ -50,8 +48,7 @@ def configs(base: ExperimentConfig, criteria: list[str], densities: list[float],
     out = []
     for c in criteria:
         how = mode_of(c, mode)
-        if how == "at-init" and c in NEED_TRAINING:
-            raise TicketlabError(f"{c} needs trained weights and cannot prune at init; use --mode auto or one-shot")
+        S.get(c, at_init=how == "at-init")
         for d in densities:
             imp = {"mode": how, "target_density": d, "baselines": ()}
             out.append((c, how, d, base.replace(prune={"criterion": c}, imp=imp)))

@@ -1,21 +1,27 @@
-"""A run's structured ticket as a smaller dense model: the neurons and filters it pruned physically removed.
+"""A structured ticket as a smaller dense model: the neurons and filters it pruned physically removed.
 
-The outputs are checked against the masked network on test inputs before anything is written.
+:func:`export` does it for any model and mask, :func:`save_exported` writes the result as a torch.export
+program; :func:`export_ticket` does both for a run's ticket, its outputs checked against the masked network on
+test inputs before anything is written.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ticketlab import masks as M
 from ticketlab.data import load_configured
 from ticketlab.errors import TicketlabError
 from ticketlab.problem import registry_problem
+from ticketlab.pruning import example_input, find_units, silent_units
 from ticketlab.rundir import RunDir
-from ticketlab.store import load_tensors
+from ticketlab.store import atomic_write_bytes, load_tensors
 
 TOLERANCE = 1e-4  # relative to the largest output magnitude: float reassociation, not a changed function
 
@@ -24,13 +30,12 @@ def export_ticket(
     run_dir: Path, level: int, out: Path, *, replicate: int = 0, weights: str = "final"
 ) -> dict[str, Any]:
     """Export the ticket of ``level`` of a registry-model run to ``out`` (.pt2); return what was measured."""
-    from ticketlab.structure import export, save_exported
 
     run = RunDir(run_dir)
     if run.user_model:  # a run of the user's own nn.Module: the command line cannot rebuild it
         raise TicketlabError(
             f"{run.path} was run on your own model; export it in Python: "
-            "ticketlab.structure.export(model, ticket.mask, input_shape)"
+            "ticketlab.export.export(model, ticket.mask, input_shape)"
         )
     cfg = run.config()
     ticket = run.ticket(level, replicate)  # TicketlabError if the level has not finished
@@ -57,3 +62,110 @@ def export_ticket(
         "checked": len(x),
         "max_diff": max_diff,
     }
+
+
+def _slim_layer(m: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None) -> nn.Module:
+    """A new Linear/Conv with the same hyperparameters and only the kept outputs and inputs."""
+    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+    if out_keep is not None:
+        w, b = w[out_keep], None if b is None else b[out_keep]
+    if in_keep is not None:
+        w = w[:, in_keep]
+    kw = {"bias": b is not None, "device": w.device, "dtype": w.dtype}
+    if type(m) is nn.Linear:
+        new = nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], **kw)  # skip_init: the global RNG is untouched
+    else:
+        new = nn.utils.skip_init(
+            type(m), w.shape[1], w.shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
+            dilation=m.dilation, padding_mode=m.padding_mode, **kw,
+        )  # fmt: skip
+    new.weight.data.copy_(w)
+    new.weight.requires_grad_(m.weight.requires_grad)
+    if b is not None:
+        new.bias.data.copy_(b)
+        new.bias.requires_grad_(m.bias.requires_grad)
+    return new.train(m.training)
+
+
+def _slim_norm(m: nn.Module, keep: torch.Tensor) -> nn.Module:
+    kw = {"eps": m.eps, "momentum": m.momentum, "affine": m.affine, "track_running_stats": m.track_running_stats}
+    ref = m.weight if m.affine else m.running_mean
+    if ref is not None:
+        kw |= {"device": ref.device, "dtype": ref.dtype}
+    new = nn.utils.skip_init(type(m), len(keep), **kw)
+    for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+        getattr(new, name).data.copy_(t.detach() if name == "num_batches_tracked" else t.detach()[keep])
+        getattr(new, name).requires_grad_(t.requires_grad)
+    return new.train(m.training)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, new)
+
+
+def export(model: nn.Module, mask: M.Mask, input_shape: tuple[int, ...]) -> nn.Module:
+    """A copy of the model with the mask applied and every silent unit (see
+    :func:`ticketlab.pruning.silent_units`: those a structured mask from :func:`ticketlab.pruning.expand` prunes)
+    physically removed. In eval mode it computes what the masked model computes. Unit layers, their BatchNorms
+    and their consumers are replaced by smaller modules of the same kinds (forward hooks on them are not carried
+    over); unstructured zeros stay zeros in the smaller weights. The result is the model's own class.
+    """
+    M.check_mask(model, mask)
+    units = find_units(model, input_shape)
+    alive = {k: ~v for k, v in silent_units(model, units, mask).items()}
+    out = M.apply_mask(copy.deepcopy(model), mask)
+    modules = dict(out.named_modules())
+    out_keep: dict[str, torch.Tensor] = {}
+    in_keep: dict[str, torch.Tensor] = {}
+    for u in units:
+        keep = alive[u.layer].nonzero().flatten().to(modules[u.layer].weight.device)
+        if len(keep) == 0:
+            raise TicketlabError(f"layer {u.layer} has no units left; the network is disconnected")
+        if len(keep) == u.count:
+            continue
+        out_keep[u.layer] = keep
+        for name, per in u.consumers:
+            # with a flatten between them, unit j feeds the consumer's inputs j*per ... (j+1)*per - 1
+            in_keep[name] = (keep[:, None] * per + torch.arange(per, device=keep.device)).flatten()
+        if u.norm is not None:
+            _replace(out, u.norm, _slim_norm(modules[u.norm], keep))
+    for name in out_keep.keys() | in_keep.keys():
+        _replace(out, name, _slim_layer(modules[name], out_keep.get(name), in_keep.get(name)))
+    return out
+
+
+def save_exported(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> None:
+    """Save a model as a torch.export program (``.pt2``) in eval mode, with a dynamic batch size.
+
+    The file is loadable without ticketlab or the model's class (``torch.export.load(path).module()``);
+    written atomically, so an interrupted save leaves the old file or the new one.
+    """
+    example = example_input(model, 2, input_shape)  # batch 2: torch.export would specialise a batch of 1
+    modes = {m: m.training for m in model.modules()}
+    dynamic = ({0: torch.export.Dim("batch", min=1)},)
+    try:
+        try:
+            program = torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic)
+        except Exception:
+            # non-strict export fixes the batch size where forward calls len(x); strict export (dynamo) does not
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=True)
+    except Exception as e:
+        raise TicketlabError(
+            f"torch.export cannot export {type(model).__name__} with a dynamic batch size "
+            f"({type(e).__name__}: {e}); save its state_dict instead"
+        ) from e
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """The module saved by ``save_exported``: a torch.fx GraphModule fixed in eval mode (torch.export's modules
+    refuse ``.train()`` and ``.eval()``), taking any batch size."""
+    if not Path(path).is_file():
+        raise TicketlabError(f"no exported model at {path}; create one with save_exported")
+    return torch.export.load(Path(path)).module()

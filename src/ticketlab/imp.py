@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ticketlab import masks as M
+from ticketlab import scores as S
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import batches, load_configured
 from ticketlab.device import resolve_device
@@ -23,12 +24,21 @@ from ticketlab.errors import TicketlabError
 from ticketlab.jobs import Job, run_job, run_jobs
 from ticketlab.plan import Plan, full_mask, make_plan, random_baseline
 from ticketlab.problem import Problem, State, registry_problem
-from ticketlab.pruning import Group, at_level, compound, one_shot_groups, prune, prune_in_rounds
+from ticketlab.pruning import (
+    Group,
+    alive_units,
+    at_level,
+    collapse,
+    compound,
+    expand,
+    one_shot_groups,
+    prune,
+    prune_in_rounds,
+)
 from ticketlab.rundir import RunDir, level_count
-from ticketlab.scores import ROUNDS, WITH_MODEL, Examples, after_training
+from ticketlab.scores import Examples
 from ticketlab.seeds import derive_seed
 from ticketlab.store import load_tensors, tensor_digest
-from ticketlab.structure import alive_units, expand, unit_scores
 
 
 def imp(config: ExperimentConfig, *, out: str | Path = "runs", device: str = "auto", progress: bool = False) -> RunDir:
@@ -175,7 +185,8 @@ class Trunk:
         groups = level_groups(cfg, plan, base, level)
         seed = derive_seed(cfg.imp.seed, self.r, level)
         if plan.units is not None:
-            scores = {f"{k}.weight": v for k, v in unit_scores(model, plan.units, cfg.prune.units, base).items()}
+            unit_scores = S.score(cfg.prune.units, model=model, mask=base, units=plan.units)
+            scores = {f"{k}.weight": v for k, v in unit_scores.items()}
             alive = {f"{k}.weight": v for k, v in alive_units(plan.units, base).items()}
             kept = {k.removesuffix(".weight"): v for k, v in prune(scores, alive, groups).items()}
             new = expand(plan.units, kept, model, base)
@@ -187,11 +198,11 @@ class Trunk:
             )
 
             def score(current: M.Mask) -> dict[str, torch.Tensor]:
-                if criterion in WITH_MODEL:
-                    return WITH_MODEL[criterion](model, current, examples)
-                return after_training(criterion, start_state, source, list(current), seed)
+                return S.score(
+                    criterion, model=model, mask=current, examples=examples, start=start_state, end=source, seed=seed
+                )
 
-            new = prune_in_rounds(score, base, groups, cfg.prune.rounds or ROUNDS.get(criterion, 1))
+            new = prune_in_rounds(score, base, groups, cfg.prune.rounds or S.get(criterion).rounds)
         if not M.is_subset(new, base):
             raise AssertionError("pruning must only remove weights")
         return new
@@ -211,7 +222,7 @@ def level_groups(cfg: ExperimentConfig, plan: Plan, base: M.Mask, level: int) ->
 
 def check_collapse(cfg: ExperimentConfig, problem: Problem, mask: M.Mask, where: str) -> None:
     """Layer collapse (a layer emptied, or outputs cut off from the input): warn, or refuse to go on."""
-    problems = M.collapse(problem.init_model(0), mask, problem.data.input_shape)
+    problems = collapse(problem.init_model(0), mask, problem.data.input_shape)
     if not problems:
         return
     text = f"layer collapse at {where}: {'; '.join(problems)}\n{M.density_table(mask)}"

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from ticketlab import masks as M
+from ticketlab import prunable as P
+from ticketlab import scores as S
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.problem import Problem
-from ticketlab.pruning import Group, one_shot_groups, plan_groups, random_mask
-from ticketlab.scores import NEED_TRAINING
+from ticketlab.pruning import Group, Unit, alive_units, expand, find_units, one_shot_groups, plan_groups, random_mask
 from ticketlab.steps import Step
-from ticketlab.structure import Unit, alive_units, expand, find_units
 
 
 @dataclass(frozen=True)
@@ -49,19 +49,16 @@ def make_plan(cfg: ExperimentConfig, problem: Problem) -> Plan:
     model = problem.init_model(0)
     p = cfg.prune
     mode = cfg.imp.mode
-    names = M.prunable_names(model, prune_biases=p.prune_biases, ignore=p.ignore)
+    names = P.prunable_names(model, prune_biases=p.prune_biases, ignore=p.ignore)
     if not names:
         raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
-    if mode == "at-init" and p.criterion in NEED_TRAINING:
-        raise TicketlabError(
-            f"criterion {p.criterion} compares the weights before and after training, which are the same at "
-            "initialisation; use it without --at-init (iterative, or --one-shot), or pick another criterion"
-        )
+    S.get(p.criterion, at_init=mode == "at-init")  # a known criterion, that can score what it is given
     overrides = p.overrides()
-    output = M.output_layer_name(model)
+    output = P.output_layer_name(model)
     units = None
     pruned = names
     if p.units != "none":
+        S.get(p.units, units=True)
         units, pruned = _unit_layers(model, problem, p.units, names, overrides)
     # the first / last layer kept dense (an explicit --layer-fractions for it wins); never-pruned layers need nothing
     for which, layer in (("first", names[0]), ("last", output)):
@@ -69,7 +66,7 @@ def make_plan(cfg: ExperimentConfig, problem: Problem) -> Plan:
             overrides.setdefault(layer, 0.0)
     groups = plan_groups(
         pruned,
-        kinds=M.layer_kinds(model),
+        kinds=P.layer_kinds(model),
         output_name=output,
         strategy=p.strategy,
         fraction=p.fraction,

@@ -1,13 +1,18 @@
-"""Scores: which weights to keep. A criterion returns one score per weight, higher meaning keep.
+"""Scores: which weights to keep. A criterion returns one score per weight (or per unit), higher meaning keep.
 
 Turning scores into a mask (how many to keep, per layer or globally, never reviving a pruned weight) is
-:func:`ticketlab.pruning.prune`'s job, shared by every criterion. Two kinds of criteria:
+:func:`ticketlab.pruning.prune`'s job, shared by every criterion. Every criterion is one function registered
+by :func:`criterion`, under its own name, with what it reads (``needs``):
 
-- ``AFTER_TRAINING``, those of Zhou et al. 2019 ("Deconstructing lottery tickets"), computed from the weights
-  a level started from (``init``: theta_0, or theta_k with rewinding) and the weights it ended with (``final``);
-- ``WITH_MODEL``, the pruning-at-initialisation scores SNIP, GraSP and SynFlow, computed from the network
-  itself (and, for SNIP and GraSP, a few training batches). They score a copy of the model in eval mode, so
-  the model's weights and its norm layers' statistics are left as they were.
+- ``"ends"``: the weights a level started from (``start``: theta_0, or theta_k with rewinding) and those it
+  ended with (``end``) -- the criteria of Zhou et al. 2019 ("Deconstructing lottery tickets");
+- ``"model"``: the network itself and, for SNIP and GraSP, a few training batches -- the pruning-at-initialisation
+  scores SNIP, GraSP and SynFlow. They score a copy of the model in eval mode, so the model's weights and its
+  norm layers' statistics are left as they were;
+- ``"units"``: the network's neurons and filters (:mod:`ticketlab.pruning.units`), one score per unit, for
+  structured pruning (``--units``).
+
+:func:`score` is the one dispatch; :func:`get` and :func:`names` read the registry.
 """
 
 from __future__ import annotations
@@ -21,15 +26,65 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.errors import TicketlabError
+from ticketlab.masks import Mask
+from ticketlab.prunable import param_name
+from ticketlab.pruning.units import Unit, masked_param
 
 Scores = dict[str, torch.Tensor]
-Criterion = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str], int], Scores]
-AFTER_TRAINING: dict[str, Criterion] = {}
+NEEDS = ("ends", "model", "units")
 
 
-def _register(fn: Criterion) -> Criterion:
-    AFTER_TRAINING[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class Criterion:
+    """A registered criterion: its function and what it needs."""
+
+    name: str
+    fn: Callable[..., Scores | torch.Tensor]
+    needs: str  # one of NEEDS
+    rounds: int = 1  # prune-and-rescore rounds by default (SynFlow's iterative schedule: 100)
+    at_init_default: bool = False  # `ticketlab criteria` scores it at initialisation unless told otherwise
+    needs_training: bool = False  # compares w_0 with w_T: at initialisation (w_T = w_0) it says nothing
+
+
+_REGISTRY: dict[str, Criterion] = {}
+
+
+def criterion(*, needs: str, rounds: int = 1, at_init_default: bool = False, needs_training: bool = False):
+    """Register the decorated function as a criterion under its own name. Its signature follows ``needs``:
+    ``"ends"``: ``fn(start, end, names, seed) -> Scores``; ``"model"``: ``fn(model, mask, examples) -> Scores``;
+    ``"units"``: ``fn(model, unit, mask) -> Tensor`` (one score per unit)."""
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {NEEDS}, not {needs!r}")
+
+    def register(fn):
+        if fn.__name__ in _REGISTRY:
+            raise ValueError(f"criterion {fn.__name__!r} is registered twice")
+        _REGISTRY[fn.__name__] = Criterion(fn.__name__, fn, needs, rounds, at_init_default, needs_training)
+        return fn
+
+    return register
+
+
+def names(*, units: bool = False) -> list[str]:
+    """The registered criteria in registration order: those that score weights, or with ``units`` those that
+    score neurons and filters."""
+    return [n for n, c in _REGISTRY.items() if (c.needs == "units") == units]
+
+
+def get(name: str, *, units: bool = False, at_init: bool = False) -> Criterion:
+    """The criterion ``name`` (a unit criterion with ``units``). With ``at_init``, refuse one that compares the
+    weights before and after training, which are the same at initialisation."""
+    c = _REGISTRY.get(name)
+    if c is None or (c.needs == "units") != units:
+        what = "unit score" if units else "criterion"
+        raise TicketlabError(f"unknown {what} {name!r}; known: {', '.join(names(units=units))}")
+    if at_init and c.needs_training:
+        raise TicketlabError(
+            f"criterion {name} compares the weights before and after training, which are the same at "
+            "initialisation, so it cannot prune at init; use it after training (iterative, or one-shot), "
+            "or pick another criterion"
+        )
+    return c
 
 
 def _rank(t: torch.Tensor) -> torch.Tensor:
@@ -45,67 +100,67 @@ def _excluded(keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, scores, torch.full_like(scores, float("-inf")))
 
 
-@_register
+@criterion(needs="ends")
 def large_final(init, final, names, seed) -> Scores:
     """|w_T|: the LTH's magnitude criterion."""
     return {n: final[n].abs().float() for n in names}
 
 
-@_register
+@criterion(needs="ends")
 def small_final(init, final, names, seed) -> Scores:
     """-|w_T|: keep the smallest final weights."""
     return {n: -final[n].abs().float() for n in names}
 
 
-@_register
+@criterion(needs="ends")
 def large_init(init, final, names, seed) -> Scores:
     """|w_0|: keep the largest initial weights."""
     return {n: init[n].abs().float() for n in names}
 
 
-@_register
+@criterion(needs="ends")
 def small_init(init, final, names, seed) -> Scores:
     """-|w_0|: keep the smallest initial weights."""
     return {n: -init[n].abs().float() for n in names}
 
 
-@_register
+@criterion(needs="ends")
 def large_init_large_final(init, final, names, seed) -> Scores:
     """Large at both ends: the lower of the two within-layer ranks of |w_0| and |w_T|."""
     return {n: torch.minimum(_rank(init[n].abs()), _rank(final[n].abs())) for n in names}
 
 
-@_register
+@criterion(needs="ends")
 def small_init_small_final(init, final, names, seed) -> Scores:
     """Small at both ends: the lower of the two within-layer ranks of -|w_0| and -|w_T|."""
     return {n: torch.minimum(_rank(-init[n].abs()), _rank(-final[n].abs())) for n in names}
 
 
-@_register
+@criterion(needs="ends", needs_training=True)
 def magnitude_increase(init, final, names, seed) -> Scores:
     """|w_T| - |w_0|: keep the weights that grew most."""
     return {n: (final[n].abs() - init[n].abs()).float() for n in names}
 
 
-@_register
+@criterion(needs="ends", needs_training=True)
 def movement(init, final, names, seed) -> Scores:
     """|w_T - w_0|: keep the weights that moved most."""
     return {n: (final[n] - init[n]).abs().float() for n in names}
 
 
-@_register
+@criterion(needs="ends", needs_training=True)
 def large_final_same_sign(init, final, names, seed) -> Scores:
     """|w_T| among weights whose sign did not change; the others are excluded."""
     return {n: _excluded(torch.sign(final[n]) == torch.sign(init[n]), final[n].abs().float()) for n in names}
 
 
-@_register
+@criterion(needs="ends", needs_training=True)
 def large_final_diff_sign(init, final, names, seed) -> Scores:
     """|w_T| among weights whose sign flipped; the others are excluded."""
     return {n: _excluded(torch.sign(final[n]) != torch.sign(init[n]), final[n].abs().float()) for n in names}
 
 
-@_register
+@criterion(needs="ends")
 def random(init, final, names, seed) -> Scores:
     """Uniform random scores, seeded: random pruning of the surviving weights."""
     g = torch.Generator().manual_seed(seed)
@@ -119,18 +174,6 @@ class Examples:
 
     input_shape: tuple[int, ...]
     batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
-
-
-ModelCriterion = Callable[[nn.Module, dict[str, torch.Tensor], Examples], Scores]
-WITH_MODEL: dict[str, ModelCriterion] = {}
-# Scores that need the two ends of training: at initialisation (w_T = w_0) they say nothing.
-NEED_TRAINING = ("magnitude_increase", "movement", "large_final_same_sign", "large_final_diff_sign")
-ROUNDS = {"synflow": 100}  # prune-and-rescore rounds by default (SynFlow's iterative schedule); others one
-
-
-def _register_model(fn: ModelCriterion) -> ModelCriterion:
-    WITH_MODEL[fn.__name__] = fn
-    return fn
 
 
 def _scoring_copy(model: nn.Module, mask: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> nn.Module:
@@ -149,7 +192,7 @@ def _scoring_copy(model: nn.Module, mask: dict[str, torch.Tensor], dtype: torch.
     return net
 
 
-@_register_model
+@criterion(needs="model", at_init_default=True)
 def snip(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) -> Scores:
     """|g * w| (Lee et al. 2019): the loss's sensitivity to removing each weight, summed over the batches."""
     net = _scoring_copy(model, mask)
@@ -159,7 +202,7 @@ def snip(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) ->
     return {n: (params[n].grad * params[n]).abs().detach() for n in mask}
 
 
-@_register_model
+@criterion(needs="model", at_init_default=True)
 def grasp(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) -> Scores:
     """w * (H g) (Wang et al. 2020), H the Hessian and g the gradient of the loss over the batches.
 
@@ -182,7 +225,7 @@ def grasp(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) -
     return {n: (w * h).detach() for n, w, h in zip(names, weights, hg)}
 
 
-@_register_model
+@criterion(needs="model", rounds=100, at_init_default=True)
 def synflow(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) -> Scores:
     """|w * dR/dw| (Tanaka et al. 2020), R the sum of the outputs of the network with every parameter and
     statistic replaced by its absolute value, fed an all-ones input: the synaptic flow through each weight.
@@ -198,22 +241,63 @@ def synflow(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples)
     return {n: (params[n].grad * params[n]).abs().detach() for n in mask}
 
 
-def at_init(criterion: str, model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples, seed: int = 0):
-    """Score ``model`` (its current weights, under ``mask``) by any criterion, as pruning at initialisation
-    does: an after-training criterion sees the current weights as both its start and its end."""
-    if criterion in WITH_MODEL:
-        return WITH_MODEL[criterion](model, mask, examples)
-    if criterion in NEED_TRAINING:
+# ---- units: one score per neuron / filter, for structured pruning ----------------------------------------------
+
+
+@criterion(needs="units")
+def l1(model: nn.Module, unit: Unit, mask: Mask) -> torch.Tensor:
+    """The L1 norm of each filter / row (Li et al. 2016, "Pruning filters for efficient convnets")."""
+    return masked_param(model, mask, param_name(unit.layer, "weight")).reshape(unit.count, -1).abs().sum(1)
+
+
+@criterion(needs="units")
+def l2(model: nn.Module, unit: Unit, mask: Mask) -> torch.Tensor:
+    """The L2 norm of each filter / row."""
+    return masked_param(model, mask, param_name(unit.layer, "weight")).reshape(unit.count, -1).norm(dim=1)
+
+
+@criterion(needs="units")
+def bn(model: nn.Module, unit: Unit, mask: Mask) -> torch.Tensor:
+    """|gamma| of the BatchNorm after the layer (network slimming, Liu et al. 2017)."""
+    if unit.norm is None or not dict(model.named_modules())[unit.norm].affine:
         raise TicketlabError(
-            f"criterion {criterion} compares the weights before and after training, which are the same at "
-            "initialisation; use it after training (iterative, or --one-shot), or pick another criterion"
+            f"layer {unit.layer!r} has no BatchNorm with a scale to rank its units by; rank them by a norm of "
+            "their weights instead"
         )
-    state = {n: p.detach() for n, p in model.named_parameters() if n in mask}
-    return after_training(criterion, state, state, list(mask), seed)
+    return masked_param(model, mask, param_name(unit.norm, "weight")).abs()
 
 
-def after_training(
-    criterion: str, init: dict[str, torch.Tensor], final: dict[str, torch.Tensor], names: list[str], seed: int = 0
+# ---- the one dispatch ---------------------------------------------------------------------------------------
+
+
+def score(
+    name: str,
+    *,
+    mask: Mask,
+    model: nn.Module | None = None,
+    examples: Examples | None = None,
+    start: dict[str, torch.Tensor] | None = None,
+    end: dict[str, torch.Tensor] | None = None,
+    units: list[Unit] | None = None,
+    seed: int = 0,
 ) -> Scores:
-    """Score ``names`` by a registered after-training ``criterion``."""
-    return AFTER_TRAINING[criterion](init, final, names, seed)
+    """Score the parameters of ``mask`` by criterion ``name``, or with ``units``, each unit layer's units
+    (keyed by layer name) by unit criterion ``name``; the network's scores are taken under ``mask``.
+
+    Each criterion reads what it needs: ``start`` and ``end`` weights (``ends``; when not given, the model's
+    current weights are both, as pruning at initialisation sees them), ``model`` and ``examples`` (``model``),
+    ``model`` and ``units`` (``units``); ``seed`` seeds the random criterion.
+    """
+    c = get(name, units=units is not None)
+    if c.needs == "units":
+        return {u.layer: c.fn(model, u, mask).float() for u in units}
+    if c.needs == "model":
+        if model is None or examples is None:
+            raise TypeError(f"criterion {name} scores the network: pass model= and examples=")
+        return c.fn(model, mask, examples)
+    if start is None and end is None and model is not None:
+        get(name, at_init=True)
+        start = end = {n: p.detach() for n, p in model.named_parameters() if n in mask}
+    if start is None or end is None:
+        raise TypeError(f"criterion {name} scores weights: pass start= and end=, or model=")
+    return c.fn(start, end, list(mask), seed)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
+from ticketlab.prunable import LAYERS, NORM_LAYERS
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -107,7 +108,7 @@ def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            if isinstance(m, LAYERS):
                 w = torch.empty(m.weight.shape)
                 if scheme == "glorot_normal":
                     nn.init.xavier_normal_(w, generator=g)
@@ -118,7 +119,7 @@ def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
                 m.weight.copy_(w)
                 if m.bias is not None:
                     m.bias.zero_()
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            elif isinstance(m, NORM_LAYERS):
                 m.reset_parameters()
     return model
 

@@ -26,8 +26,8 @@ from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset, batches, iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
+from ticketlab.pruning import add_slimming_grad
 from ticketlab.steps import Step
-from ticketlab.structure import add_slimming_grad
 from ticketlab.training.objectives import CLASSIFICATION, Objective, evaluate
 
 __all__ = ["Observer", "SaveAt", "Schedule", "TrainResult", "MaskedParams", "evaluate", "make_optimizer", "train"]

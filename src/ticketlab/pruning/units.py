@@ -1,4 +1,4 @@
-"""Structured pruning: whole neurons of linear layers and whole filters of conv layers, and export to a smaller net.
+"""Structured pruning: whole neurons of linear layers and whole filters of conv layers, as units.
 
 A *unit* is one output of a Linear/Conv layer (a row of its weight, a filter). Removing it is only exact when
 everything that reads it sees a zero and nothing else mixes it with other units, so ``find_units`` traces the
@@ -6,18 +6,17 @@ model with torch.fx and follows each layer's output through ops that keep channe
 (ReLU, dropout, BatchNorm with gamma = beta = 0, pooling, channel-major flatten, spatial means) to the
 Linear/Conv layers that consume it. Layers whose output reaches anything else (a residual add, a concat, the
 network output, a sigmoid, which maps 0 to 0.5) are not unit layers. Pruning a unit zeroes its weights, bias
-and BatchNorm affine parameters in the mask, so it composes with unstructured masks; ``export`` then builds a
-physically smaller copy of the model that computes the same function.
+and BatchNorm affine parameters in the mask, so it composes with unstructured masks;
+:func:`ticketlab.export.export` then builds a physically smaller copy of the model that computes the same function.
+Units are scored by the unit criteria of :mod:`ticketlab.scores`.
 """
 
 from __future__ import annotations
 
 import builtins
 import copy
-import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +24,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ticketlab.errors import TicketlabError
-from ticketlab.masks import Mask, apply_mask, check_mask
-from ticketlab.store import atomic_write_bytes
-
-LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+from ticketlab.masks import Mask
+from ticketlab.prunable import BATCH_NORMS, UNIT_LAYERS, UNIT_NORMS, param_name
 
 # Ops a unit's output may pass through: they act on each channel alone and map 0 to 0, so a pruned unit stays 0.
 _ELEMENTWISE_MODULES = (
@@ -80,13 +76,13 @@ def _traced(model: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
         ) from e
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(_example(model, 1, input_shape))
+            ShapeProp(gm).propagate(example_input(model, 1, input_shape))
     except Exception as e:
         raise TicketlabError(f"the model does not run on examples of shape {tuple(input_shape)}: {e}") from e
     return gm
 
 
-def _example(model: nn.Module, batch: int, input_shape: tuple[int, ...]) -> torch.Tensor:
+def example_input(model: nn.Module, batch: int, input_shape: tuple[int, ...]) -> torch.Tensor:
     """Zeros of shape (batch, *input_shape) on the model's device, in its floating point type."""
     param = next(model.parameters(), None)
     example = torch.zeros(batch, *input_shape, device=param.device if param is not None else None)
@@ -185,12 +181,12 @@ def _follow(node: fx.Node, count: int, modules: dict, calls: dict[str, int]) -> 
             if _is_shape_query(user):
                 continue
             mod = modules.get(user.target) if user.op == "call_module" else None
-            if type(mod) in LAYERS + NORMS and calls[user.target] > 1:
+            if type(mod) in UNIT_LAYERS + UNIT_NORMS and calls[user.target] > 1:
                 return None  # a layer called twice: slicing it would break its other call
             if mod is not None and _only_input(user, src) and _consumer(mod, _shape(src), axis, per, count):
                 consumers[user.target] = per
                 continue
-            if type(mod) in NORMS and norm is None and axis == 1 and per == 1 and mod.num_features == count:
+            if type(mod) in UNIT_NORMS and norm is None and axis == 1 and per == 1 and mod.num_features == count:
                 if _shape(user) == _shape(src) and _only_input(user, src):
                     norm = user.target
                     todo.append((user, axis, per))
@@ -219,7 +215,7 @@ def find_units(model: nn.Module, input_shape: tuple[int, ...]) -> list[Unit]:
     units = []
     for node in gm.graph.nodes:
         mod = modules.get(node.target) if node.op == "call_module" else None
-        if type(mod) not in LAYERS or calls[node.target] > 1 or getattr(mod, "groups", 1) != 1:
+        if type(mod) not in UNIT_LAYERS or calls[node.target] > 1 or getattr(mod, "groups", 1) != 1:
             continue
         if _shape(node) is None:
             continue
@@ -230,11 +226,7 @@ def find_units(model: nn.Module, input_shape: tuple[int, ...]) -> list[Unit]:
     return units
 
 
-# ---- masks and scores over units -----------------------------------------------------------------------------
-
-
-def _prefixed(module_name: str, param: str) -> str:
-    return f"{module_name}.{param}" if module_name else param
+# ---- masks over units ----------------------------------------------------------------------------------------
 
 
 def unit_params(units: list[Unit], model: nn.Module) -> dict[str, list[str]]:
@@ -245,55 +237,26 @@ def unit_params(units: list[Unit], model: nn.Module) -> dict[str, list[str]]:
     modules = dict(model.named_modules())
     out = {}
     for u in units:
-        names = [_prefixed(u.layer, "weight")]
+        names = [param_name(u.layer, "weight")]
         if modules[u.layer].bias is not None:
-            names.append(_prefixed(u.layer, "bias"))
+            names.append(param_name(u.layer, "bias"))
         if u.norm is not None and modules[u.norm].affine:
-            names += [_prefixed(u.norm, "weight"), _prefixed(u.norm, "bias")]
+            names += [param_name(u.norm, "weight"), param_name(u.norm, "bias")]
         out[u.layer] = names
     return out
 
 
-def _masked(model: nn.Module, mask: Mask, name: str) -> torch.Tensor:
+def masked_param(model: nn.Module, mask: Mask, name: str) -> torch.Tensor:
+    """A detached copy of parameter ``name`` with ``mask`` applied (as it is, if the mask omits it)."""
     p = dict(model.named_parameters())[name].detach()
     return p * mask[name].to(p.device, p.dtype) if name in mask else p
-
-
-def _l1(model: nn.Module, u: Unit, mask: Mask) -> torch.Tensor:
-    return _masked(model, mask, _prefixed(u.layer, "weight")).reshape(u.count, -1).abs().sum(1)
-
-
-def _l2(model: nn.Module, u: Unit, mask: Mask) -> torch.Tensor:
-    return _masked(model, mask, _prefixed(u.layer, "weight")).reshape(u.count, -1).norm(dim=1)
-
-
-def _bn(model: nn.Module, u: Unit, mask: Mask) -> torch.Tensor:
-    if u.norm is None or not dict(model.named_modules())[u.norm].affine:
-        raise TicketlabError(
-            f"layer {u.layer!r} has no BatchNorm with a scale to rank its units by; use unit scores l1 or l2"
-        )
-    return _masked(model, mask, _prefixed(u.norm, "weight")).abs()
-
-
-UNIT_SCORES = {
-    "l1": _l1,  # L1 norm of each filter / row (Li et al. 2016, "Pruning filters for efficient convnets")
-    "l2": _l2,
-    "bn": _bn,  # |gamma| of the BatchNorm (network slimming, Liu et al. 2017)
-}
-
-
-def unit_scores(model: nn.Module, units: list[Unit], how: str, mask: Mask) -> dict[str, torch.Tensor]:
-    """Per unit layer, one float score per unit (higher = more important), computed on the masked weights."""
-    if how not in UNIT_SCORES:
-        raise TicketlabError(f"unknown unit score {how!r}; known: {', '.join(UNIT_SCORES)}")
-    return {u.layer: UNIT_SCORES[how](model, u, mask).float() for u in units}
 
 
 def alive_units(units: list[Unit], mask: Mask) -> dict[str, torch.Tensor]:
     """Per unit layer, which units are alive: those with at least one weight kept (all, if the mask omits it)."""
     out = {}
     for u in units:
-        m = mask.get(_prefixed(u.layer, "weight"))
+        m = mask.get(param_name(u.layer, "weight"))
         out[u.layer] = torch.ones(u.count, dtype=torch.bool) if m is None else m.reshape(u.count, -1).any(1)
     return out
 
@@ -319,7 +282,7 @@ def expand(units: list[Unit], alive: dict[str, torch.Tensor], model: nn.Module, 
             kept = keep.to(p.device).reshape(-1, *[1] * (p.dim() - 1)).expand(p.shape)
             out[name] = out[name].to(p.device) & kept if name in out else kept.clone()
         for consumer, per in u.consumers:
-            name = _prefixed(consumer, "weight")
+            name = param_name(consumer, "weight")
             if name in out:  # unit j feeds input columns j*per ... (j+1)*per - 1
                 w = out[name]
                 columns = keep.to(w.device).repeat_interleave(per).reshape(1, -1, *[1] * (w.dim() - 2))
@@ -335,9 +298,9 @@ def silent_units(model: nn.Module, units: list[Unit], mask: Mask) -> dict[str, t
     modules = dict(model.named_modules())
     out = {}
     for u in units:
-        silent = (_masked(model, mask, _prefixed(u.layer, "weight")).reshape(u.count, -1) == 0).all(1)
+        silent = (masked_param(model, mask, param_name(u.layer, "weight")).reshape(u.count, -1) == 0).all(1)
         if getattr(modules[u.layer], "bias", None) is not None:
-            silent &= _masked(model, mask, _prefixed(u.layer, "bias")) == 0
+            silent &= masked_param(model, mask, param_name(u.layer, "bias")) == 0
         if u.norm is not None:
             bn = modules[u.norm]
             if bn.running_mean is None:
@@ -345,14 +308,11 @@ def silent_units(model: nn.Module, units: list[Unit], mask: Mask) -> dict[str, t
             else:
                 zero = -bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
                 if bn.affine:
-                    gamma = _masked(model, mask, _prefixed(u.norm, "weight"))
-                    zero = zero * gamma + _masked(model, mask, _prefixed(u.norm, "bias"))
+                    gamma = masked_param(model, mask, param_name(u.norm, "weight"))
+                    zero = zero * gamma + masked_param(model, mask, param_name(u.norm, "bias"))
                 silent &= zero == 0
         out[u.layer] = silent.cpu()
     return out
-
-
-_ALL_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @torch.no_grad()
@@ -362,115 +322,5 @@ def add_slimming_grad(model: nn.Module, lam: float) -> None:
     if lam == 0:
         return
     for m in model.modules():
-        if isinstance(m, _ALL_BATCHNORMS) and m.weight is not None and m.weight.grad is not None:
+        if isinstance(m, BATCH_NORMS) and m.weight is not None and m.weight.grad is not None:
             m.weight.grad.add_(torch.sign(m.weight), alpha=lam)
-
-
-# ---- export ----------------------------------------------------------------------------------------------------
-
-
-def _slim_layer(m: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None) -> nn.Module:
-    """A new Linear/Conv with the same hyperparameters and only the kept outputs and inputs."""
-    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
-    if out_keep is not None:
-        w, b = w[out_keep], None if b is None else b[out_keep]
-    if in_keep is not None:
-        w = w[:, in_keep]
-    kw = {"bias": b is not None, "device": w.device, "dtype": w.dtype}
-    if type(m) is nn.Linear:
-        new = nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], **kw)  # skip_init: the global RNG is untouched
-    else:
-        new = nn.utils.skip_init(
-            type(m), w.shape[1], w.shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
-            dilation=m.dilation, padding_mode=m.padding_mode, **kw,
-        )  # fmt: skip
-    new.weight.data.copy_(w)
-    new.weight.requires_grad_(m.weight.requires_grad)
-    if b is not None:
-        new.bias.data.copy_(b)
-        new.bias.requires_grad_(m.bias.requires_grad)
-    return new.train(m.training)
-
-
-def _slim_norm(m: nn.Module, keep: torch.Tensor) -> nn.Module:
-    kw = {"eps": m.eps, "momentum": m.momentum, "affine": m.affine, "track_running_stats": m.track_running_stats}
-    ref = m.weight if m.affine else m.running_mean
-    if ref is not None:
-        kw |= {"device": ref.device, "dtype": ref.dtype}
-    new = nn.utils.skip_init(type(m), len(keep), **kw)
-    for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
-        getattr(new, name).data.copy_(t.detach() if name == "num_batches_tracked" else t.detach()[keep])
-        getattr(new, name).requires_grad_(t.requires_grad)
-    return new.train(m.training)
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, new)
-
-
-def export(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
-    """A copy of the model with the mask applied and every silent unit (see :func:`silent_units`: those a
-    structured mask from :func:`expand` prunes) physically removed. In eval mode it computes what the masked
-    model computes. Unit layers, their BatchNorms and their consumers are replaced by smaller modules of the
-    same kinds (forward hooks on them are not carried over); unstructured zeros stay zeros in the smaller
-    weights. The result is the model's own class.
-    """
-    check_mask(model, mask)
-    units = find_units(model, input_shape)
-    alive = {k: ~v for k, v in silent_units(model, units, mask).items()}
-    out = apply_mask(copy.deepcopy(model), mask)
-    modules = dict(out.named_modules())
-    out_keep: dict[str, torch.Tensor] = {}
-    in_keep: dict[str, torch.Tensor] = {}
-    for u in units:
-        keep = alive[u.layer].nonzero().flatten().to(modules[u.layer].weight.device)
-        if len(keep) == 0:
-            raise TicketlabError(f"layer {u.layer} has no units left; the network is disconnected")
-        if len(keep) == u.count:
-            continue
-        out_keep[u.layer] = keep
-        for name, per in u.consumers:
-            # with a flatten between them, unit j feeds the consumer's inputs j*per ... (j+1)*per - 1
-            in_keep[name] = (keep[:, None] * per + torch.arange(per, device=keep.device)).flatten()
-        if u.norm is not None:
-            _replace(out, u.norm, _slim_norm(modules[u.norm], keep))
-    for name in out_keep.keys() | in_keep.keys():
-        _replace(out, name, _slim_layer(modules[name], out_keep.get(name), in_keep.get(name)))
-    return out
-
-
-def save_exported(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> None:
-    """Save a model as a torch.export program (``.pt2``) in eval mode, with a dynamic batch size.
-
-    The file is loadable without ticketlab or the model's class (``torch.export.load(path).module()``);
-    written atomically, so an interrupted save leaves the old file or the new one.
-    """
-    example = _example(model, 2, input_shape)  # batch 2: torch.export would specialise a batch of 1
-    modes = {m: m.training for m in model.modules()}
-    dynamic = ({0: torch.export.Dim("batch", min=1)},)
-    try:
-        try:
-            program = torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic)
-        except Exception:
-            # non-strict export fixes the batch size where forward calls len(x); strict export (dynamo) does not
-            program = torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=True)
-    except Exception as e:
-        raise TicketlabError(
-            f"torch.export cannot export {type(model).__name__} with a dynamic batch size "
-            f"({type(e).__name__}: {e}); save its state_dict instead"
-        ) from e
-    finally:
-        for m, training in modes.items():
-            m.training = training
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-
-
-def load_exported(path: str | Path) -> nn.Module:
-    """The module saved by ``save_exported``: a torch.fx GraphModule fixed in eval mode (torch.export's modules
-    refuse ``.train()`` and ``.eval()``), taking any batch size."""
-    if not Path(path).is_file():
-        raise TicketlabError(f"no exported model at {path}; create one with save_exported")
-    return torch.export.load(Path(path)).module()
