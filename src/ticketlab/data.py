@@ -9,6 +9,7 @@ at any iteration can be recomputed (which is what lets a run resume the data ord
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -255,11 +256,9 @@ def split_validation(train: Split, val_size: int) -> tuple[Split, Split | None]:
 def _mnist1d(_: Path | None) -> tuple[Split, Split, int]:
     path = cache_dir() / "mnist1d-standard-v1.npz"
     if not path.exists():
-        from mnist1d.data import get_dataset_args, make_dataset
+        from mnist1d.data import get_dataset_args, make_dataset  # imported when first needed: it is slow to load
 
         d = make_dataset(get_dataset_args())  # the package's standard arguments (seed 42)
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
         atomic_write_bytes(path, buf.getvalue())
