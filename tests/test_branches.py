@@ -1,12 +1,16 @@
 """Branches off a finished IMP run: each branch's defining property, checked on the weights it starts from."""
 
+import re
+from typing import Annotated
+
 import pytest
 import torch
 from conftest import tiny_config
 
 from ticketlab import masks as M
-from ticketlab.branches import run_branch
-from ticketlab.data import load_dataset
+from ticketlab.branches import BRANCHES, BranchStart, dense_at, register, run_branch
+from ticketlab.cli import main
+from ticketlab.data import load_configured, load_dataset
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.problem import registry_problem
@@ -248,3 +252,56 @@ def test_options_written_differently_are_one_request():
     a, b = parse_options("transfer", {"classes": "5, 6,7"}), parse_options("transfer", {"classes": "5,6,7"})
     assert a == b and label("transfer", a) == "transfer[classes=5,6,7]"
     assert parse_options("perturb", {"noise": "0.5"})["noise"] == 0.5
+
+
+def test_a_damaged_dense_replay_is_replayed_again_with_one_warning(trunk, capsys):
+    run = RunDir(trunk)
+    cfg = run.config()
+    problem = registry_problem(cfg, load_configured(cfg.data))
+    first = dense_at(run, cfg, problem, 0, 20)
+    path = run.level(0, 0).dense_at(20)
+    blob = bytearray(path.read_bytes())
+    blob[-64:] = bytes(64)  # the last 64 bytes of tensor data zeroed: still a readable safetensors file
+    path.write_bytes(bytes(blob))
+    capsys.readouterr()
+    again = dense_at(run, cfg, problem, 0, 20)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "dense_20it.safetensors is damaged" in warnings[0]
+    assert all(torch.equal(again[n], first[n]) for n in first)  # the replay, bit for bit
+    dense_at(run, cfg, problem, 0, 20)
+    assert "warning" not in capsys.readouterr().err  # the cache written again is trusted
+
+
+def test_branch_help_lists_every_branch_and_option_from_the_registry(capsys):
+    @register
+    def probe(s, fresh, *, depth: Annotated[int, "how deep the probe goes"] = 3) -> BranchStart:
+        """A branch registered by this test alone."""
+
+    try:
+        with pytest.raises(SystemExit):
+            main(["branch", "--help"])
+    finally:
+        BRANCHES.pop("probe")
+    text = re.sub(r"\s+", "", capsys.readouterr().out)  # argparse wraps lines (and at hyphens)
+    assert "probe[--depthDEPTH]:Abranchregisteredbythistestalone." in text
+    assert "--depthDEPTHprobe:howdeeptheprobegoes(default:3)" in text
+    assert "probe" not in BRANCHES and {"reinit", "perturb", "transfer"} <= set(BRANCHES)
+    for branch in BRANCHES.values():
+        assert re.sub(r"\s+", "", f"{branch.name}") in text and re.sub(r"\s+", "", branch.summary) in text
+        for option in branch.options.values():
+            assert re.sub(r"\s+", "", f"--{option.name.replace('_', '-')}") in text
+            assert re.sub(r"\s+", "", f"{branch.name}: {option.help}") in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["perturb", "--noise", "abc"], "branch perturb: cannot read noise='abc' as float"),
+        (["random_prune", "--strategy", "pools"], "random_prune: strategy must be one of trunk, layerwise, global"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_refused_in_one_line(tmp_path, capsys, args, message):
+    # tmp_path is no run directory: the option is refused before anything is read
+    assert main(["branch", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "config.json" not in err

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
+from ticketlab import branches as B
 from ticketlab import config as C
 from ticketlab import presets as P
 from ticketlab import scores as S
@@ -68,6 +70,40 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         choices=("final_test_acc", "best_test_acc"),
         help="accuracy shown in the table and plot (default: final_test_acc)",
     )
+
+
+def _branch_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab branch``: its flags, their help and the list of branches all come from the branch registry."""
+    intro = (
+        "Ask a question of a finished IMP run without recomputing it: each branch starts from a level's ticket, "
+        "changes one thing, and trains with the trunk's data order and budget. Rows join the run's results.csv "
+        "(options in the branch name); running the same branch again does no work."
+    )
+    listing = []
+    for branch in B.BRANCHES.values():
+        usage = " ".join([branch.name, *(f"[{_flag(o.name)} {o.name.upper()}]" for o in branch.options.values())])
+        listing.append(
+            textwrap.fill(f"{usage}: {branch.summary}", 100, initial_indent="  ", subsequent_indent="      ")
+        )
+    b = sub.add_parser(
+        "branch",
+        help="run a branch off finished levels of an IMP run (fine-tuning, LR rewinding, perturbations, ...)",
+        description=textwrap.fill(intro, 100) + "\n\nbranches:\n" + "\n".join(listing),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("run_dir")
+    b.add_argument("name", help="the branch")
+    b.add_argument("--levels", help="comma-separated levels (default: every finished level)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
+    group = b.add_argument_group("branch options (each branch takes its own; NAME: what it means there)")
+    for name, text in B.option_help().items():
+        group.add_argument(_flag(name), dest=f"option.{name}", metavar=name.upper(), help=text.replace("%", "%%"))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,39 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="final: the ticket as trained; rewound: the weights it trains from (default: final)",
     )
     e.add_argument("--out", help="the .pt2 file (default: RUN_DIR/ticket-level-N.pt2)")
-    b = sub.add_parser(
-        "branch",
-        help="run a branch off finished levels of an IMP run (fine-tuning, LR rewinding, perturbations, ...)",
-        description="Ask a question of a finished IMP run without recomputing it: each branch starts from a "
-        "level's ticket, changes one thing, and trains with the trunk's data order and budget. Rows join the "
-        "run's results.csv (options in the branch name); running the same branch again does no work. Branches: "
-        "reinit, random_prune [--strategy trunk|layerwise|global], finetune (trained weights, final LR), "
-        "lr_rewind (trained weights, schedule replayed from k), rewind --to STEP (another rewind point), "
-        "partial_rewind --layers NAMES, "
-        "sign_only [--magnitudes constant|resample], perturb [--noise S] [--flip F] "
-        "[--shuffle global|layer|filter|sign], transfer [--dataset D] [--classes 5,6,7] [--optimizer O] [--lr LR].",
-    )
-    b.add_argument("run_dir")
-    b.add_argument("name", help="the branch")
-    b.add_argument("--levels", help="comma-separated levels (default: every finished level)")
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    b.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
-    for opt, what in (
-        ("--strategy", "random_prune: trunk (as the trunk pools layers), layerwise or global"),
-        ("--layers", "partial_rewind: parameter names or module prefixes rewound to theta_k"),
-        ("--magnitudes", "sign_only: constant (each layer's init std) or resample (a new init's)"),
-        ("--noise", "perturb: Gaussian noise, in units of each layer's std at initialisation"),
-        ("--flip", "perturb: fraction of kept weights whose sign is flipped"),
-        ("--shuffle", "perturb: shuffle kept values globally, within layer, filter, or same-sign group"),
-        ("--to", "rewind: the step whose dense weights the ticket starts from, e.g. 100it or 1ep"),
-        ("--dataset", "transfer: train the ticket on this dataset"),
-        ("--classes", "transfer: on these classes of it, e.g. 5,6,7,8,9"),
-        ("--optimizer", "transfer: with this optimizer"),
-        ("--lr", "transfer: at this learning rate"),
-        ("--reinit-output", "transfer: auto (when the task changes), yes or no"),
-    ):
-        b.add_argument(opt, help=what)
+    _branch_parser(sub)
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -229,30 +233,15 @@ def _criteria(args: argparse.Namespace) -> int:
 
 
 def _branch(args: argparse.Namespace) -> int:
-    from ticketlab.branches import run_branch
     from ticketlab.report.tables import imp_table
 
-    names = (
-        "strategy",
-        "layers",
-        "magnitudes",
-        "noise",
-        "flip",
-        "shuffle",
-        "to",
-        "dataset",
-        "classes",
-        "optimizer",
-        "lr",
-    )
-    options = {k: getattr(args, k) for k in (*names, "reinit_output")}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k.removeprefix("option."): v for k, v in vars(args).items() if k.startswith("option.") and v is not None}
     try:
         levels = [int(x) for x in args.levels.split(",")] if args.levels else None
     except ValueError:
         raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    rows = run_branch(
+    rows = B.run_branch(
         Path(args.run_dir), args.name, levels=levels, options=options, device=args.device, progress=progress
     )
     print(imp_table(rows, args.metric))

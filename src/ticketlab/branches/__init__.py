@@ -1,0 +1,218 @@
+"""Branches: questions asked of the finished levels of an IMP run, without recomputing the trunk.
+
+A branch takes a level's ticket (its mask, the rewound weights theta_k, and the trained weights the mask was
+pruned from), changes one thing -- where the weights start, the LR schedule, the signs, some noise -- and trains
+the result like the trunk trains a ticket: same data order, same budget (from iteration k to the end). Each
+(replicate, level, branch with its options) is a job under the run directory, so a branch resumes like the trunk
+and a second identical command does no work; its rows join ``results.csv`` with the options in the branch name.
+
+A branch is one function registered with :func:`~ticketlab.branches.base.register`, one file per family:
+``baselines`` (reinit, random_prune), ``rewinding`` (rewind, finetune, lr_rewind, partial_rewind), ``perturb``
+(sign_only, perturb), ``transfer``. Its keyword-only parameters are its options (see ``base``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ticketlab import masks as M
+from ticketlab.branches import baselines, perturb, rewinding, transfer  # noqa: F401 -- each registers its branches
+from ticketlab.branches.base import BRANCHES, Branch, BranchStart, Option, Start, register
+from ticketlab.branches.rewinding import dense_at
+from ticketlab.config import ExperimentConfig, as_dict
+from ticketlab.data import load_configured
+from ticketlab.device import resolve_device
+from ticketlab.errors import TicketlabError
+from ticketlab.jobs import Job, run_jobs
+from ticketlab.plan import Plan, make_plan, random_baseline
+from ticketlab.problem import Problem, registry_problem
+from ticketlab.rundir import RunDir
+from ticketlab.seeds import derive_seed
+from ticketlab.store import load_tensors
+
+__all__ = [
+    "BRANCHES",
+    "Branch",
+    "BranchStart",
+    "Option",
+    "Start",
+    "dense_at",
+    "get",
+    "label",
+    "option_help",
+    "parse_options",
+    "register",
+    "run_branch",
+]
+
+
+def get(name: str) -> Branch:
+    """The registered branch ``name``; TicketlabError naming the known ones otherwise."""
+    if name not in BRANCHES:
+        raise TicketlabError(f"unknown branch {name!r}; known: {', '.join(BRANCHES)}")
+    return BRANCHES[name]
+
+
+def label(name: str, options: dict[str, Any]) -> str:
+    """The branch's name in results and on disk: the name, and the options that differ from its defaults."""
+    defaults = get(name).defaults
+    changed = {k: v for k, v in options.items() if v != defaults[k]}
+    if not changed:
+        return name
+    return name + "[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]"
+
+
+def _dirname(text: str) -> str:
+    if text.isidentifier():
+        return text
+    return text.split("[")[0] + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def parse_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The branch's options: its defaults, overridden by ``given`` (coerced to the annotated types)."""
+    branch = get(name)
+    unknown = sorted(set(given) - set(branch.options))
+    if unknown:
+        raise TicketlabError(f"branch {name} takes no option(s) {unknown}; it takes {sorted(branch.options) or 'none'}")
+    return {**branch.defaults, **{k: branch.options[k].parse(name, v) for k, v in given.items()}}
+
+
+def option_help() -> dict[str, str]:
+    """Every option name of every branch, with its help: ``"NAME: help"``, merged over the branches sharing it."""
+    merged: dict[str, list[str]] = {}
+    for branch in BRANCHES.values():
+        for option in branch.options.values():
+            merged.setdefault(option.name, []).append(f"{branch.name}: {option.describe()}")
+    return {name: "; ".join(parts) for name, parts in merged.items()}
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One branch command: the branch with its options, on a run, trained on ``target`` (the run's own config and
+    problem, unless the branch brings its own)."""
+
+    run: RunDir
+    branch: Branch
+    options: dict[str, Any]
+    tag: str  # the label
+    cfg: ExperimentConfig
+    problem: Problem
+    plan: Plan
+    target: ExperimentConfig
+    target_problem: Problem
+
+
+def run_branch(
+    run_dir: str | Path | RunDir,
+    name: str,
+    *,
+    levels: list[int] | None = None,
+    options: dict[str, Any] | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Run (or resume) branch ``name`` off finished levels of the IMP run in ``run_dir`` (every finished level
+    when ``levels`` is None) and return the rows of the updated ``results.csv``."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    opts = parse_options(name, options or {})
+    branch = get(name)
+    saved = run.saved()
+    if "weights" in saved:
+        raise TicketlabError(f"{run.path} was run on your own model; branches need a registered model")
+    if "start_mask" in saved and branch.draws_mask:
+        raise TicketlabError(f"{name} would draw weights this run forbids (a disjoint-tickets round)")
+    cfg = run.config()
+    levels = _levels(run, cfg, levels)
+    dev = resolve_device(device)
+    problem = registry_problem(cfg, load_configured(cfg.data, dev))
+    plan = make_plan(cfg, problem)
+    target, target_problem = (cfg, problem) if branch.target is None else branch.target(cfg, problem, plan, opts, dev)
+    request = _Request(run, branch, opts, label(name, opts), cfg, problem, plan, target, target_problem)
+    with run.lock():
+        jobs = [job for r in range(cfg.imp.replicates) for level in levels if (job := _branch_job(request, r, level))]
+        run_jobs(run, jobs, progress=progress)
+        rows = run.results(cfg)
+        run.write_results(rows)
+    return rows
+
+
+def _levels(run: RunDir, cfg: ExperimentConfig, levels: list[int] | None) -> list[int]:
+    """The levels asked for (every finished one when None), refused unless all have finished."""
+    finished = run.finished_levels(cfg)
+    levels = finished if levels is None else levels
+    missing = [lv for lv in levels if lv not in finished]
+    if missing or not levels:
+        raise TicketlabError(
+            f"levels {missing or levels} of {run.path} have not finished (finished: {finished or 'none'}); "
+            "run the trunk further first"
+        )
+    return levels
+
+
+def _branch_job(q: _Request, r: int, level: int) -> Job | None:
+    """The job of the branch at (replicate ``r``, ``level``), or None when it is done or its level is not."""
+    files = q.run.job(r, level, _dirname(q.tag))
+    ticket = q.run.finished(q.run.job(r, level, "ticket"), quiet=True)
+    if ticket is None or q.run.finished(files) is not None:
+        return None
+    start = _start(q, r, level)
+    begins = q.branch.fn(start, q.target_problem.fresh_model, **q.options)
+
+    def build():
+        model = q.target_problem.init_model(r)
+        model.load_state_dict(begins.state)
+        return model, begins.mask
+
+    branch_cfg = q.target.replace(train=as_dict(begins.train or q.target.train))
+    return Job(
+        files=files,
+        build=build,
+        train=branch_cfg.train,
+        data=q.target_problem.data,
+        data_seed=derive_seed(q.cfg.imp.seed, r, "data"),
+        start=q.plan.k if begins.begin is None else begins.begin,
+        inputs={"mask": _recorded(q.run, ticket, q.run.level(r, level).mask) or ""},
+        label=q.tag,
+        options=q.options,
+        init_file=files.init,
+        mask_file=files.mask,
+    )
+
+
+def _recorded(run: RunDir, record: dict, path: Path) -> str | None:
+    """The SHA-256 a job's result ``record`` holds for ``path`` (None when it lists no files: ticketlab 0.1)."""
+    return record.get("files", {}).get(run.rel(path))
+
+
+def _start(q: _Request, r: int, level: int) -> Start:
+    """The finished level (replicate ``r``, ``level``) as the branch sees it, every file checked against its record."""
+    run, cfg, plan = q.run, q.cfg, q.plan
+    dev = q.problem.data.train.x.device
+    level0 = run.level(r, 0)
+    dense = run.finished(run.job(r, 0, "ticket"), quiet=True) or {}
+    source = run.job(r, plan.source_level(level), "ticket")
+    source_record = run.finished(source, quiet=True) or {}
+    ticket_mask = M.load_mask(run.level(r, level).mask, dev)
+    init_sha256 = _recorded(run, dense, level0.init)
+    return Start(
+        cfg=cfg,
+        replicate=r,
+        level=level,
+        mask=ticket_mask,
+        rewind=load_tensors(level0.rewind, dev, sha256=_recorded(run, dense, level0.rewind)),
+        init=load_tensors(level0.init, dev, sha256=init_sha256),
+        trained=load_tensors(source.final, dev, sha256=_recorded(run, source_record, source.final)),
+        k=plan.k,
+        total=plan.total,
+        per_epoch=plan.per_epoch,
+        seed=derive_seed(cfg.imp.seed, r, level, "branch", q.tag),
+        dense_at=partial(dense_at, run, cfg, q.problem, r, init_sha256=init_sha256),
+        trunk_random=partial(
+            random_baseline, plan, q.problem, ticket_mask, derive_seed(cfg.imp.seed, r, level, "random_prune")
+        ),
+        structured=plan.units is not None,
+    )
