@@ -12,11 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab import branches as B
+from ticketlab import compare_criteria
 from ticketlab import config as C
 from ticketlab import presets as P
 from ticketlab import scores as S
 from ticketlab.configfile import load_file
+from ticketlab.data import dataset_names
+from ticketlab.disjoint import disjoint
 from ticketlab.errors import TicketlabError
+from ticketlab.export import export_ticket
+from ticketlab.imp import imp
+from ticketlab.models import model_names
+from ticketlab.report import report
+from ticketlab.report.plots import imp_plot
+from ticketlab.report.tables import criteria_table, disjoint_table, imp_table
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, *, mode: bool = True) -> None:
@@ -198,10 +207,6 @@ def config_from_args(args: argparse.Namespace) -> C.ExperimentConfig:
 
 
 def _imp(args: argparse.Namespace) -> int:
-    from ticketlab.imp import imp
-    from ticketlab.report.plots import imp_plot
-    from ticketlab.report.tables import imp_table
-
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     run = imp(cfg, out=args.out, device=args.device, progress=progress)
@@ -213,9 +218,6 @@ def _imp(args: argparse.Namespace) -> int:
 
 
 def _criteria(args: argparse.Namespace) -> int:
-    from ticketlab import compare_criteria
-    from ticketlab.report.tables import criteria_table
-
     cfg = config_from_args(args)
     criteria = S.names() if args.criteria == "all" else [c.strip() for c in args.criteria.split(",") if c]
     try:
@@ -233,8 +235,6 @@ def _criteria(args: argparse.Namespace) -> int:
 
 
 def _branch(args: argparse.Namespace) -> int:
-    from ticketlab.report.tables import imp_table
-
     options = {k.removeprefix("option."): v for k, v in vars(args).items() if k.startswith("option.") and v is not None}
     try:
         levels = [int(x) for x in args.levels.split(",")] if args.levels else None
@@ -250,9 +250,6 @@ def _branch(args: argparse.Namespace) -> int:
 
 
 def _disjoint(args: argparse.Namespace) -> int:
-    from ticketlab.disjoint import disjoint
-    from ticketlab.report.tables import disjoint_table
-
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     where, rows = disjoint(cfg, args.tickets, exclude=args.exclude, out=args.out, device=args.device, progress=progress)
@@ -262,8 +259,6 @@ def _disjoint(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ticketlab.export import export_ticket
-
     out = Path(args.out) if args.out else Path(args.run_dir) / f"ticket-level-{args.level}.pt2"
     info = export_ticket(Path(args.run_dir), args.level, out, replicate=args.replicate, weights=args.weights)
     print(
@@ -299,18 +294,12 @@ def main(argv: list[str] | None = None) -> int:
             _listing({name: desc for name, (desc, _) in P.PRESETS.items()})
             return 0
         if args.command == "models":
-            from ticketlab.models import model_names
-
             _listing(model_names())
             return 0
         if args.command == "datasets":
-            from ticketlab.data import dataset_names
-
             _listing(dataset_names())
             return 0
         if args.command == "report":
-            from ticketlab.report import report
-
             text, png = report(Path(args.run_dir), args.metric)
             print(text)
             print(f"\nplot: {png}")
