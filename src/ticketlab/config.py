@@ -2,7 +2,8 @@
 
 Every field carries a help string; ``hash=False`` marks fields that do not change what a run computes
 (how many levels or replicates to run, which baselines), so extending a run reuses its directory.
-Steps are :class:`ticketlab.steps.Step` values, parsed here at the boundary and written back as text (``"500it"``).
+Steps are :class:`ticketlab.steps.Step` values, parsed at the boundary and written back as text (``"500it"``).
+How a field is declared, checked and read from text lives in :mod:`ticketlab.config_fields`.
 Torch-free: names resolved by registries (models, datasets, criteria) are checked where those registries live.
 """
 
@@ -12,123 +13,71 @@ import dataclasses
 import hashlib
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ticketlab.config_fields import (
+    check_finite,
+    check_fraction,
+    coerce,
+    option,
+    parse_bool,
+    parse_step,
+    require,
+    set_steps,
+    short_repr,
+)
 from ticketlab.errors import TicketlabError
 from ticketlab.steps import Step
 
 
-def short_repr(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to about ``limit`` characters, for quoting user values in one-line errors."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print
-        return f"<a {type(value).__name__}>"
-    return text if len(text) <= limit else f"{text[: limit - 20]}...{text[-12:]} ({len(text)} characters)"
-
-
-def _f(default: Any, help: str, *, hash: bool = True, choices: tuple | None = None, since: int = 1) -> Any:
-    """A config field. ``since``: the config version that added it; fields added after version 1 enter the
-    run hash only when set away from their default, so a run made before they existed keeps its directory."""
-    meta = {"help": help, "hash": hash, "choices": choices, "since": since}
-    return field(default=default, metadata=meta)
-
-
-def _check_finite(**values: float) -> None:
-    for name, value in values.items():
-        if not math.isfinite(value):
-            raise TicketlabError(f"{name} must be a finite number, got {short_repr(value)}")
-
-
-def _check_fraction(name: str, value: float | None) -> None:
-    _require(value is None or 0.0 < value <= 1.0, name, "in (0, 1]", value)
-
-
-def _step(name: str, value: Any) -> Step:
-    """``value`` (text such as ``"500it"``, or a Step) as a Step; a malformed one is the user's error."""
-    try:
-        return Step.parse(value)
-    except (TicketlabError, ValueError):  # ValueError: a number too long to read
-        raise TicketlabError(
-            f"{name}: malformed step {short_repr(value)}: write a whole number followed by 'it' (iterations) or "
-            "'ep' (epochs), e.g. '500it' or '3ep'"
-        ) from None
-
-
-def _text_step(name: str, value: Any) -> Step:
-    """A step from a file or flag: text only, as before steps were typed (a bare number is refused)."""
-    return _step(name, value if isinstance(value, Step) else str(value))
-
-
-def _set_steps(obj: Any, *names: str) -> None:
-    """Parse a frozen section's step fields in place, so ``TrainConfig(steps="3ep")`` holds a Step too."""
-    for name in names:
-        object.__setattr__(obj, name, _step(name, getattr(obj, name)))
-
-
-def _require(ok: bool, name: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise TicketlabError(f"{name} must be {rule}, got {short_repr(value)}")
-
-
-def _bool(value: Any) -> bool:
-    """A bool, or its spelling in text; anything else is a ValueError."""
-    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-        return value.lower() in ("true", "yes", "1")
-    if not isinstance(value, bool):
-        raise ValueError
-    return value
-
-
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _f("mnist1d", "dataset name (see `ticketlab datasets`)")
-    data_dir: str = _f(
+    dataset: str = option("mnist1d", "dataset name (see `ticketlab datasets`)")
+    data_dir: str = option(
         "",
         "directory holding the dataset files (IDX for mnist / fashion-mnist); empty: "
         "$TICKETLAB_DATA_DIR, then the dataset's usual place",
         hash=False,
     )
-    val_size: int = _f(0, "examples held out of the training set for validation / early stopping (paper: 5000)")
-    augment: bool = _f(
+    val_size: int = option(0, "examples held out of the training set for validation / early stopping (paper: 5000)")
+    augment: bool = option(
         False, "random crop (4-pixel padding) and horizontal flip of training images, on the device", since=2
     )
-    classes: tuple[int, ...] = _f(
+    classes: tuple[int, ...] = option(
         (), "keep only these classes, relabelled 0, 1, ... in this order, e.g. 5,6,7,8,9; empty: all", since=2
     )
 
     def __post_init__(self) -> None:
-        _require(self.val_size >= 0, "val_size", ">= 0", self.val_size)
+        require(self.val_size >= 0, "val_size", ">= 0", self.val_size)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = _f("mlp", "model name (see `ticketlab models`)")
-    widths: tuple[int, ...] = _f((), "hidden widths for MLP models, e.g. 300,100; empty: the model's own")
-    width: float = _f(
+    model: str = option("mlp", "model name (see `ticketlab models`)")
+    widths: tuple[int, ...] = option((), "hidden widths for MLP models, e.g. 300,100; empty: the model's own")
+    width: float = option(
         1.0, "width multiplier for conv models: every layer's channels (and FC sizes) times this", since=2
     )
-    norm: str = _f(
+    norm: str = option(
         "",
         "normalisation after each conv; empty: the model's own (BatchNorm for VGG/ResNet, none for Conv-N/LeNet-5)",
         choices=("", "batch", "group", "layer", "none"),
         since=2,
     )
-    dropout: float = _f(0.0, "dropout on the hidden fully connected layers (Conv-2/4/6)", since=2)
-    init: str = _f(
+    dropout: float = option(0.0, "dropout on the hidden fully connected layers (Conv-2/4/6)", since=2)
+    init: str = option(
         "glorot_normal",
         "weight initialisation",
         choices=("glorot_normal", "kaiming_normal", "kaiming_uniform", "default"),
     )
 
     def __post_init__(self) -> None:
-        _require(all(w >= 1 for w in self.widths), "widths", "positive layer sizes", self.widths)
-        _check_finite(width=self.width, dropout=self.dropout)
-        _require(self.width > 0, "width", "> 0", self.width)
-        _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+        require(all(w >= 1 for w in self.widths), "widths", "positive layer sizes", self.widths)
+        check_finite(width=self.width, dropout=self.dropout)
+        require(self.width > 0, "width", "> 0", self.width)
+        require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
 
     def kwargs(self) -> dict[str, Any]:
         """The model-factory arguments this config sets (the ones left at their defaults are not passed)."""
@@ -142,106 +91,106 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = _f("adam", "optimizer", choices=("adam", "sgd"))
-    lr: float = _f(2e-2, "peak learning rate")
-    momentum: float = _f(0.0, "SGD momentum")
-    nesterov: bool = _f(False, "Nesterov momentum (SGD)")
-    weight_decay: float = _f(0.0, "L2 weight decay")
-    batch_size: int = _f(100, "examples per iteration")
-    steps: Step = _f(Step(1500, "it"), "training length per level, e.g. 50000it or 40ep")
-    schedule: str = _f("constant", "learning-rate schedule", choices=("constant", "step", "cosine"))
-    milestones: tuple[Step, ...] = _f((), "step schedule: where the LR is multiplied by gamma, e.g. 80ep,120ep")
-    gamma: float = _f(0.1, "step schedule: LR factor at each milestone")
-    warmup: Step = _f(Step(0, "it"), "linear LR warmup length from 0, e.g. 10000it")
-    eval_every: Step = _f(Step(100, "it"), "evaluate on validation and test every this often")
-    precision: str = _f(
+    optimizer: str = option("adam", "optimizer", choices=("adam", "sgd"))
+    lr: float = option(2e-2, "peak learning rate")
+    momentum: float = option(0.0, "SGD momentum")
+    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    weight_decay: float = option(0.0, "L2 weight decay")
+    batch_size: int = option(100, "examples per iteration")
+    steps: Step = option(Step(1500, "it"), "training length per level, e.g. 50000it or 40ep")
+    schedule: str = option("constant", "learning-rate schedule", choices=("constant", "step", "cosine"))
+    milestones: tuple[Step, ...] = option((), "step schedule: where the LR is multiplied by gamma, e.g. 80ep,120ep")
+    gamma: float = option(0.1, "step schedule: LR factor at each milestone")
+    warmup: Step = option(Step(0, "it"), "linear LR warmup length from 0, e.g. 10000it")
+    eval_every: Step = option(Step(100, "it"), "evaluate on validation and test every this often")
+    precision: str = option(
         "fp32", "bf16: autocast matmuls and convs to bfloat16 (fast on recent GPUs)", choices=("fp32", "bf16"), since=2
     )
-    channels_last: bool = _f(
+    channels_last: bool = option(
         False, "image batches and conv weights in channels-last layout (faster convs on GPUs, and on CPUs)", since=2
     )
-    slimming: float = _f(
+    slimming: float = option(
         0.0,
         "network slimming (Liu et al. 2017): L1 penalty on BatchNorm scale factors, e.g. 1e-4; pair with --units bn",
         since=2,
     )
 
     def __post_init__(self) -> None:
-        _set_steps(self, "steps", "warmup", "eval_every")
-        object.__setattr__(self, "milestones", tuple(_step("milestones", m) for m in self.milestones))
-        _check_finite(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, gamma=self.gamma)
-        _require(self.lr > 0, "lr", "> 0", self.lr)
-        _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
-        _require(0.0 <= self.momentum < 1.0, "momentum", "in [0, 1)", self.momentum)
+        set_steps(self, "steps", "warmup", "eval_every")
+        object.__setattr__(self, "milestones", tuple(parse_step("milestones", m) for m in self.milestones))
+        check_finite(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, gamma=self.gamma)
+        require(self.lr > 0, "lr", "> 0", self.lr)
+        require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        require(0.0 <= self.momentum < 1.0, "momentum", "in [0, 1)", self.momentum)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise TicketlabError("nesterov needs --optimizer sgd and a --momentum above 0")
-        _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
         if self.eval_every.value == 0:
             raise TicketlabError("eval_every must be at least 1it")
-        _check_finite(slimming=self.slimming)
-        _require(self.slimming >= 0, "slimming", ">= 0", self.slimming)
+        check_finite(slimming=self.slimming)
+        require(self.slimming >= 0, "slimming", ">= 0", self.slimming)
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    strategy: str = _f(
+    strategy: str = option(
         "layerwise",
         "layerwise: each layer loses its own fraction; global: one threshold; erk: layer densities by the "
         "Erdos-Renyi-Kernel rule (Evci et al. 2020)",
         choices=("layerwise", "global", "erk"),
     )
-    fraction: float = _f(0.25, "fraction of the remaining prunable weights removed per level")
-    criterion: str = _f(
+    fraction: float = option(0.25, "fraction of the remaining prunable weights removed per level")
+    criterion: str = option(
         "large_final",
         "which weights to keep: after training, from the level's start (theta_k) and end weights (Zhou et al. "
         "2019; large_final is magnitude pruning), or snip / grasp / synflow, scored on the network",
         since=2,
     )
-    rounds: int = _f(
+    rounds: int = option(
         0,
         "prune-and-rescore rounds per pruning step, on an exponential schedule; 0: the criterion's own "
         "(synflow 100, others 1)",
         since=2,
     )
-    score_batches: int = _f(1, "training batches snip and grasp read to score the weights", since=2)
-    conv_fraction: float | None = _f(
+    score_batches: int = option(1, "training batches snip and grasp read to score the weights", since=2)
+    conv_fraction: float | None = option(
         None,
         "conv layers' own fraction per level (paper's Conv-2/4/6: 0.1 or 0.15); unset: same as --fraction",
         since=2,
     )
-    output_fraction: float | None = _f(
+    output_fraction: float | None = option(
         None, "the output layer's own fraction per level (paper: 0.1); unset: same as --fraction"
     )
-    layer_fractions: tuple[str, ...] = _f(
+    layer_fractions: tuple[str, ...] = option(
         (), "per-layer fractions per level, e.g. fc.0.weight=0.1,fc.2.weight=0 (0 keeps a layer dense)", since=2
     )
-    keep_dense: tuple[str, ...] = _f(
+    keep_dense: tuple[str, ...] = option(
         (), "layers never pruned but counted in the density: first, last", choices=("first", "last"), since=2
     )
-    on_collapse: str = _f(
+    on_collapse: str = option(
         "warn",
         "when a mask leaves a layer empty or cuts every path from input to output: warn, or refuse (stop)",
         hash=False,
         choices=("warn", "refuse"),
         since=2,
     )
-    units: str = _f(
+    units: str = option(
         "none",
         "structured pruning: remove whole neurons / conv filters instead of weights, scored by the L1 or L2 norm "
         "of their weights or by their BatchNorm scale (bn, network slimming); none: prune weights",
         choices=("none", "l1", "l2", "bn"),
         since=2,
     )
-    ignore: tuple[str, ...] = _f((), "parameter names (or module-name prefixes) never pruned, e.g. fc.0.weight")
-    prune_biases: bool = _f(False, "also prune biases of linear/conv layers")
+    ignore: tuple[str, ...] = option((), "parameter names (or module-name prefixes) never pruned, e.g. fc.0.weight")
+    prune_biases: bool = option(False, "also prune biases of linear/conv layers")
 
     def __post_init__(self) -> None:
-        _check_fraction("fraction", self.fraction)
-        _check_fraction("conv_fraction", self.conv_fraction)
-        _check_fraction("output_fraction", self.output_fraction)
+        check_fraction("fraction", self.fraction)
+        check_fraction("conv_fraction", self.conv_fraction)
+        check_fraction("output_fraction", self.output_fraction)
         self.overrides()
-        _require(self.rounds >= 0, "rounds", ">= 0 (0: the criterion's own)", self.rounds)
-        _require(self.score_batches >= 1, "score_batches", ">= 1", self.score_batches)
+        require(self.rounds >= 0, "rounds", ">= 0 (0: the criterion's own)", self.rounds)
+        require(self.score_batches >= 1, "score_batches", ">= 1", self.score_batches)
         if self.units != "none" and self.strategy == "erk":
             raise TicketlabError("structured pruning (--units) prunes neurons layerwise or globally, not by ERK")
         if self.units in ("l1", "l2") and self.strategy == "global":
@@ -277,37 +226,37 @@ LEGACY_MODE_KEYS = {"one_shot": "one-shot", "at_init": "at-init"}
 
 @dataclass(frozen=True)
 class ImpConfig:
-    levels: int = _f(11, "pruning levels after the dense level 0", hash=False)
-    rewind: Step = _f(Step(0, "it"), "rewind point: 0it is the original LTH; e.g. 500it or 2ep for late rewinding")
-    mode: str = _f(
+    levels: int = option(11, "pruning levels after the dense level 0", hash=False)
+    rewind: Step = option(Step(0, "it"), "rewind point: 0it is the original LTH; e.g. 500it or 2ep for late rewinding")
+    mode: str = option(
         "iterative",
         "iterative: prune each level's trained ticket; one-shot: prune each level straight from the dense "
         "network's trained weights; at-init: score the network at the rewind point, before any training, and "
         "prune each level straight from it (SNIP, GraSP, SynFlow, magnitude at init)",
         choices=MODES,
     )
-    target_density: float | None = _f(
+    target_density: float | None = option(
         None, "one-shot or at-init only: prune once, straight to this overall density (overrides --levels)"
     )
-    baselines: tuple[str, ...] = _f(
+    baselines: tuple[str, ...] = option(
         ("reinit", "random_prune"),
         "baselines trained at every level",
         hash=False,
         choices=("reinit", "random_prune"),
     )
-    replicates: int = _f(1, "independent replicates (seeds); results report mean and std", hash=False)
-    seed: int = _f(0, "base random seed")
+    replicates: int = option(1, "independent replicates (seeds); results report mean and std", hash=False)
+    seed: int = option(0, "base random seed")
 
     def __post_init__(self) -> None:
-        _set_steps(self, "rewind")
-        _require(self.mode in MODES, "mode", f"one of {', '.join(MODES)}", self.mode)
+        set_steps(self, "rewind")
+        require(self.mode in MODES, "mode", f"one of {', '.join(MODES)}", self.mode)
         if len(set(self.baselines)) != len(self.baselines):
             raise TicketlabError(f"baselines names one twice: {short_repr(self.baselines)}")
-        _check_fraction("target_density", self.target_density)
+        check_fraction("target_density", self.target_density)
         if self.target_density is not None and not self.prunes_from_dense:
             raise TicketlabError("target_density needs --one-shot or --at-init (--mode one-shot or at-init)")
-        _require(self.levels >= 0, "levels", ">= 0", self.levels)
-        _require(self.replicates >= 1, "replicates", ">= 1", self.replicates)
+        require(self.levels >= 0, "levels", ">= 0", self.levels)
+        require(self.replicates >= 1, "replicates", ">= 1", self.replicates)
 
     @property
     def prunes_from_dense(self) -> bool:
@@ -380,36 +329,6 @@ def field_type(section: str, name: str) -> Any:
     return typing.get_type_hints(_SECTION_TYPES[section])[name]
 
 
-def _coerce(section: str, name: str, value: Any) -> Any:
-    """Turn a value from JSON/YAML/CLI text into the field's type, or raise a clear error."""
-    tp = field_type(section, name)
-    where = f"{section}.{name}"
-    optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
-    if optional:
-        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
-            return None
-        tp = next(a for a in tp.__args__ if a is not type(None))
-    try:
-        if typing.get_origin(tp) is tuple:
-            inner = typing.get_args(tp)[0]
-            if isinstance(value, str):
-                value = [v for v in (p.strip() for p in value.split(",")) if v]
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            return tuple(_text_step(where, v) if inner is Step else inner(v) for v in value)
-        if tp is Step:
-            return _text_step(where, value)
-        if tp is bool:
-            return _bool(value)
-        if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        if tp in (int, float) and isinstance(value, bool):
-            raise ValueError
-        return tp(value)
-    except (TypeError, ValueError, OverflowError):
-        raise TicketlabError(f"{where}: cannot read {short_repr(value)} as {getattr(tp, '__name__', tp)}") from None
-
-
 def upgrade(d: dict[str, Any]) -> dict[str, Any]:
     """A config mapping with old keys in today's form: ``imp.one_shot`` / ``imp.at_init`` become ``imp.mode``
     (old config files and run directories hold them). Anything else is left for :func:`from_dict` to judge."""
@@ -417,7 +336,7 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
         return d
     values = dict(d["imp"])
     try:
-        chosen = [LEGACY_MODE_KEYS[k] for k in LEGACY_MODE_KEYS if k in values and _bool(values.pop(k))]
+        chosen = [LEGACY_MODE_KEYS[k] for k in LEGACY_MODE_KEYS if k in values and parse_bool(values.pop(k))]
     except ValueError:
         raise TicketlabError("imp.one_shot and imp.at_init must be true or false (or give imp.mode)") from None
     if len(chosen) > 1:
@@ -450,7 +369,7 @@ def from_dict(d: dict[str, Any]) -> ExperimentConfig:
             )
         kwargs = {}
         for name, value in values.items():
-            value = _coerce(section, name, value)
+            value = coerce(field_type(section, name), f"{section}.{name}", value)
             choices = names[name].metadata["choices"]
             items = value if isinstance(value, tuple) else (value,)
             if choices and any(v not in choices for v in items):

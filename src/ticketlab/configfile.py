@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from ticketlab.config import short_repr, upgrade
+from ticketlab.config import upgrade
+from ticketlab.config_fields import short_repr
 from ticketlab.errors import TicketlabError
 
 # Config files are a few hundred bytes. Pure-Python YAML reads about 1 MiB a second, and a value list costs far

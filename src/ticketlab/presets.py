@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ticketlab.config import merge, short_repr
+from ticketlab.config import merge
+from ticketlab.config_fields import short_repr
 from ticketlab.errors import TicketlabError
 from ticketlab.steps import Step
 
