@@ -19,7 +19,6 @@ from ticketlab.data import iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.problem import Problem
 from ticketlab.pruning import Group, Unit, alive_units, expand, find_units, one_shot_groups, plan_groups, random_mask
-from ticketlab.steps import Step
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,8 @@ def make_plan(cfg: ExperimentConfig, problem: Problem) -> Plan:
         sizes = dict(zip(pruned, (u.count for u in units))) if units else {n: params[n].numel() for n in names}
         one_shot_groups(groups, sizes, cfg.imp.target_density)
     per_epoch = iterations_per_epoch(len(problem.data.train), cfg.train.batch_size)
-    k = Step.parse(cfg.imp.rewind).iterations(per_epoch)
-    total = Step.parse(cfg.train.steps).iterations(per_epoch)
+    k = cfg.imp.rewind.iterations(per_epoch)
+    total = cfg.train.steps.iterations(per_epoch)
     if total < 1:
         raise TicketlabError(f"--steps {cfg.train.steps} trains for no iterations; give a positive length")
     if k >= total:

@@ -15,7 +15,6 @@ from ticketlab.errors import TicketlabError
 from ticketlab.plan import Plan
 from ticketlab.problem import Problem, registry_problem
 from ticketlab.pruning import random_mask
-from ticketlab.steps import Step
 
 
 def _target(
@@ -31,7 +30,7 @@ def _target(
             f"found on {data.input_shape}; pick a dataset of the same shape"
         )
     per_epoch = iterations_per_epoch(len(target_data.train), target.train.batch_size)
-    if plan.k >= Step.parse(target.train.steps).iterations(per_epoch):
+    if plan.k >= target.train.steps.iterations(per_epoch):
         raise TicketlabError("transfer: the target's training ends before the ticket's rewind step")
     return target, registry_problem(target, target_data)
 

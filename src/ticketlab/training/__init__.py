@@ -27,7 +27,6 @@ from ticketlab.data import Dataset, batches, iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 from ticketlab.pruning import add_slimming_grad
-from ticketlab.steps import Step
 from ticketlab.training.objectives import CLASSIFICATION, Objective, evaluate
 
 __all__ = ["Observer", "SaveAt", "Schedule", "TrainResult", "MaskedParams", "evaluate", "make_optimizer", "train"]
@@ -48,10 +47,10 @@ class Schedule:
     def from_config(cls, cfg: TrainConfig, per_epoch: int) -> Schedule:
         return cls(
             base_lr=cfg.lr,
-            total=Step.parse(cfg.steps).iterations(per_epoch),
+            total=cfg.steps.iterations(per_epoch),
             kind=cfg.schedule,
-            warmup=Step.parse(cfg.warmup).iterations(per_epoch),
-            milestones=tuple(sorted(Step.parse(m).iterations(per_epoch) for m in cfg.milestones)),
+            warmup=cfg.warmup.iterations(per_epoch),
+            milestones=tuple(sorted(m.iterations(per_epoch) for m in cfg.milestones)),
             gamma=cfg.gamma,
         )
 
@@ -190,7 +189,7 @@ def train(
     per_epoch = iterations_per_epoch(len(data.train), cfg.batch_size)
     schedule = Schedule.from_config(cfg, per_epoch)
     end = schedule.total if until is None else min(until, schedule.total)
-    eval_every = Step.parse(cfg.eval_every).iterations(per_epoch)
+    eval_every = cfg.eval_every.iterations(per_epoch)
     masked = MaskedParams(model, mask)
     masked.mask_weights()
     optimizer = make_optimizer(list(model.parameters()), cfg)
