@@ -9,7 +9,8 @@ from ticketlab.data import batches, load_dataset
 from ticketlab.masks import full_mask
 from ticketlab.models import create_model, initialize
 from ticketlab.prunable import prunable_names
-from ticketlab.training import MaskedParams, Schedule, make_optimizer, train
+from ticketlab.training import MaskedParams, Observer, SaveAt, Schedule, make_optimizer, train
+from ticketlab.training.objectives import Objective
 
 
 @pytest.fixture(scope="module")
@@ -126,23 +127,63 @@ def test_same_seed_same_training(data):
 
 
 def test_save_at_rewind_step_matches_a_run_stopped_there(data):
-    # The checkpoint taken "when training passes k" equals a model trained for exactly k steps.
-    cfg = TrainConfig(batch_size=32, steps="80it", eval_every="40it", lr=1e-2)
+    # The checkpoint taken "when training passes k" equals a model trained for exactly k steps, and a run
+    # stopped with until=k under the full schedule.
+    cfg = TrainConfig(batch_size=32, steps="80it", eval_every="40it", lr=1e-2, schedule="cosine")
     saved = {}
     model = _model(data)
     mask = _random_mask(model)
-    train(
-        model,
-        data,
-        cfg,
-        mask=mask,
-        data_seed=1,
-        save_at=25,
-        on_save=lambda m: saved.update({k: v.clone() for k, v in m.state_dict().items()}),
-    )
+    rewind = SaveAt(25, lambda m: saved.update({k: v.clone() for k, v in m.state_dict().items()}))
+    train(model, data, cfg, mask=mask, data_seed=1, observers=[rewind])
+    stopped = _model(data)
+    train(stopped, data, cfg, mask=mask, data_seed=1, until=25)
+    assert all(torch.equal(saved[k], v) for k, v in stopped.state_dict().items())
+    constant = TrainConfig(batch_size=32, steps="80it", eval_every="40it", lr=1e-2)
+    saved.clear()
+    train(_model(data), data, constant, mask=mask, data_seed=1, observers=[rewind])
     short = _model(data)
     train(short, data, TrainConfig(batch_size=32, steps="25it", eval_every="40it", lr=1e-2), mask=mask, data_seed=1)
     assert all(torch.equal(saved[k], v) for k, v in short.state_dict().items())
+
+
+def test_observers_see_the_start_every_step_every_evaluation_and_the_end(data):
+    class Recorder(Observer):
+        def __init__(self):
+            self.calls = []
+
+        def on_begin(self, model, start, end):
+            self.calls.append(("begin", start, end))
+
+        def on_step(self, step, model):
+            self.calls.append(("step", step))
+
+        def on_eval(self, step, row):
+            self.calls.append(("eval", step, row["test_acc"]))
+
+        def on_end(self, model, result):
+            self.calls.append(("end", result.final_test_acc))
+
+    rec = Recorder()
+    cfg = TrainConfig(batch_size=32, steps="30it", eval_every="10it")
+    result = train(_model(data), data, cfg, mask={}, data_seed=0, start=5, observers=[rec])
+    assert rec.calls[0] == ("begin", 5, 30)
+    assert [c[1] for c in rec.calls if c[0] == "step"] == list(range(6, 31))
+    evals = [c for c in rec.calls if c[0] == "eval"]
+    assert [(c[1], c[2]) for c in evals] == [(row["step"], row["test_acc"]) for row in result.metrics]
+    assert [c[1] for c in evals] == [5, 10, 20, 30]
+    assert rec.calls[-1] == ("end", result.final_test_acc)
+
+
+def test_the_objective_decides_the_loss_that_is_minimised(data):
+    # A seam for other objectives: an objective whose loss ignores the targets leaves a model that did not learn.
+    class Constant(Objective):
+        def loss(self, output, target):
+            return output.float().pow(2).mean()
+
+    cfg = TrainConfig(batch_size=32, steps="60it", eval_every="60it", lr=1e-2)
+    learned = train(_model(data), data, cfg, mask={}, data_seed=0)
+    ignored = train(_model(data), data, cfg, mask={}, data_seed=0, objective=Constant())
+    assert learned.final_test_acc > ignored.final_test_acc + 0.2
 
 
 def test_early_stop_uses_validation_loss(data):

@@ -21,7 +21,7 @@ from ticketlab.config import ExperimentConfig
 from ticketlab.data import batches, load_configured
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
-from ticketlab.jobs import Job, run_job, run_jobs
+from ticketlab.jobs import Executor, Job, run_jobs
 from ticketlab.plan import Plan, full_mask, make_plan, random_baseline
 from ticketlab.problem import Problem, State, registry_problem
 from ticketlab.pruning import (
@@ -56,12 +56,14 @@ def run_imp(
     *,
     progress: bool = False,
     start_mask: M.Mask | None = None,
+    executor: Executor = run_jobs,
 ) -> RunDir:
     """Run (or resume) ``config`` on ``problem`` in ``run_dir``; writes and returns the run (its ``results.csv``
     holds one row per finished job).
 
     ``start_mask``: level 0's mask instead of the full one (weights forbidden from the start, as the disjoint
-    tickets experiment does); iterative pruning only, since one-shot levels prune the full network."""
+    tickets experiment does); iterative pruning only, since one-shot levels prune the full network.
+    ``executor``: what trains each list of independent jobs (level 0; then each level's ticket and baselines)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     plan = make_plan(config, problem)  # every check a user can fail, before anything is written
     if start_mask is not None:
@@ -75,7 +77,7 @@ def run_imp(
     with run.lock():
         run.claim(config, problem.identity)
         for replicate in range(config.imp.replicates):
-            Trunk(config, problem, plan, run, replicate, progress).run_replicate(start_mask)
+            Trunk(config, problem, plan, run, replicate, progress, executor).run_replicate(start_mask)
         run.write_results(run.results(config))
     return run
 
@@ -88,8 +90,18 @@ def mask_digest(mask: M.Mask) -> str:
 class Trunk:
     """One replicate of the trunk: level 0, then per level the mask and the level's jobs."""
 
-    def __init__(self, cfg: ExperimentConfig, problem: Problem, plan: Plan, run: RunDir, r: int, progress: bool):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        problem: Problem,
+        plan: Plan,
+        run: RunDir,
+        r: int,
+        progress: bool,
+        executor: Executor,
+    ):
         self.cfg, self.problem, self.plan, self.run, self.r, self.progress = cfg, problem, plan, run, r, progress
+        self.executor = executor
         self.device = problem.data.train.x.device
         self.data_seed = derive_seed(cfg.imp.seed, r, "data")
 
@@ -97,7 +109,7 @@ class Trunk:
         run, r = self.run, self.r
         level0 = run.level(r, 0)
         dense = self.dense_job(start_mask)
-        trained = {0: run.finished(dense.files) or run_job(run, dense, progress=self.progress)}
+        trained = {0: run.finished(dense.files) or self.executor(run, [dense], progress=self.progress)[0]}
         recorded = trained[0].get("files", {})  # ticketlab 0.1's records list no files
         rewind = load_tensors(level0.rewind, self.device, sha256=recorded.get(run.rel(level0.rewind)))
         level0_mask = M.load_mask(level0.mask, self.device)
@@ -114,7 +126,9 @@ class Trunk:
             jobs = self.level_jobs(level, mask, rewind, inputs)
             records = {job.files.branch: run.finished(job.files, job.inputs) for job in jobs}
             todo = [job for job in jobs if records[job.files.branch] is None]
-            records.update(zip((job.files.branch for job in todo), run_jobs(run, todo, progress=self.progress)))
+            if todo:
+                done = self.executor(run, todo, progress=self.progress)
+                records.update(zip((job.files.branch for job in todo), done))
             trained[level] = records["ticket"]
 
     def dense_job(self, start_mask: M.Mask | None) -> Job:

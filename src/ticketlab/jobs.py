@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 from tqdm import tqdm
@@ -47,8 +47,14 @@ class Job:
     rewind: tuple[int, Path] | None = None  # (k, path): save the weights after k iterations (level 0)
 
 
+class Executor(Protocol):
+    """Runs a list of independent jobs of ``run`` and returns their result records, in the list's order."""
+
+    def __call__(self, run: RunDir, jobs: Sequence[Job], *, progress: bool = False) -> list[dict[str, Any]]: ...
+
+
 def run_jobs(run: RunDir, jobs: Sequence[Job], *, progress: bool = False) -> list[dict[str, Any]]:
-    """The sequential executor: train each job in turn; returns their result records."""
+    """The sequential executor: train each job in turn, in this process; returns their result records."""
     return [run_job(run, job, progress=progress) for job in jobs]
 
 
