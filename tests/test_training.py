@@ -248,15 +248,8 @@ def test_dropout_is_seeded_per_step_so_a_resumed_run_repeats_it():
     torch.manual_seed(123)
     outside = torch.rand(3)
     torch.manual_seed(123)
-    train(
-        whole,
-        data,
-        cfg,
-        mask=mask,
-        data_seed=4,
-        save_at=6,
-        on_save=lambda m: saved.update(copy.deepcopy(m.state_dict())),
-    )
+    save = SaveAt(6, lambda m: saved.update(copy.deepcopy(m.state_dict())))
+    train(whole, data, cfg, mask=mask, data_seed=4, observers=[save])
     assert torch.equal(torch.rand(3), outside), "the caller's random state is left alone"
     resumed = fresh()
     resumed.load_state_dict(saved)
