@@ -23,7 +23,7 @@ from ticketlab.imp import run_imp
 from ticketlab.problem import registry_problem
 from ticketlab.report.tables import imp_table
 from ticketlab.rundir import RunDir
-from ticketlab.store import RunLock, load_tensors, read_csv, save_tensors
+from ticketlab.store import RunLock, load_tensors, read_csv, read_record, save_tensors, write_record
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import kill_resume  # noqa: E402
@@ -140,6 +140,40 @@ def test_a_damaged_file_is_named_once_and_computed_again_to_the_same_results(
     results = _results(run)
     _run(run, data)
     assert WARNING not in capsys.readouterr().err and _results(run) == results
+
+
+def _not_a_subset(level):
+    """An all-True mask with a record that matches it: only the subset check can refuse it."""
+    full = {n: torch.ones_like(m) for n, m in M.load_mask(level.mask).items()}
+    write_record(level.record, {"mask": M.save_mask(level.mask, full), "kept": M.count(full)})
+    return "keeps weights its parent level pruned"
+
+
+def _miscounted(level):
+    record = read_record(level.record)
+    write_record(level.record, {**record, "kept": record["kept"] - 1})
+    return "not the recorded"
+
+
+def _record_damaged(level):
+    level.record.write_bytes(level.record.read_bytes()[:10])
+    return "level.json is damaged"
+
+
+@pytest.mark.parametrize("forge", [_not_a_subset, _miscounted, _record_damaged])
+def test_a_mask_that_is_not_a_subset_of_its_parent_or_of_its_recorded_count_is_computed_again(
+    reference, data, tmp_path, capsys, forge
+):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    level = RunDir(run).level(0, 2)
+    why = forge(level)
+    capsys.readouterr()
+    _run(run, data)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith(WARNING)]
+    assert len(warnings) == 1 and why in warnings[0] and "computing the mask of replicate_0/level_2" in warnings[0]
+    assert _rows(run) == _rows(reference)
+    assert _tensor_files(run) == _tensor_files(reference)
 
 
 # ------------------------------------------------------------------------------------------ report
