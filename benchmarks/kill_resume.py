@@ -33,7 +33,7 @@ DEFAULT_FLAGS = ["--replicates", "1", "--levels", "4"]
 @dataclass
 class Kill:
     moment: float  # seconds into the uninterrupted run's work
-    job: str  # what the uninterrupted run was doing then
+    job: str  # the job it was running when killed
     delay: float  # seconds after this process claimed the run directory
     hit: bool  # the process was still running when killed
     jobs_done: int  # result records on disk just after the kill
@@ -48,10 +48,9 @@ class Timeline:
     done: list[tuple[float, str]]  # when each job's result record was written, and the job, in order
     warmup: float  # a fresh process's extra time in its first job (level 0's job less a typical one)
 
-    def at(self, moment: float) -> str:
-        """The job running at ``moment``."""
-        later = [job for t, job in self.done if t >= moment]
-        return later[0] if later else "(writing results)"
+    def running(self, jobs_done: int) -> str:
+        """The job a run with ``jobs_done`` finished jobs is running (jobs run in a fixed order)."""
+        return self.done[jobs_done][1] if jobs_done < len(self.done) else "(results)"
 
     def resumed_at(self, jobs_done: int) -> float:
         """Where in this timeline a process started after ``jobs_done`` jobs stands when it claims the run."""
@@ -106,14 +105,15 @@ def _job_name(parts: tuple[str, ...]) -> str:
 
 def run_killed(out: Path, flags: list[str], env: dict[str, str], timeline: Timeline, moments: list[float]):
     """Kill the run at ``moments`` (sorted, seconds into ``timeline``), resuming each time, then let it finish.
-    Each start is killed when it should have reached the moment: the time from where it resumes (its finished
-    jobs) to the moment, plus a fresh process's warmup. Returns the kills and the final run's stderr."""
-    kills = []
+    Each start is killed when it should have reached the moment (the time from where it resumes, its finished
+    jobs, to the moment, plus a fresh process's warmup), and no sooner than the gap since the previous moment
+    (a run slower than the uninterrupted one still gets that far). Returns the kills and the final run's stderr."""
+    kills, previous = [], 0.0
     for moment in moments:
         before, jobs_done = _stamp(out), _jobs_done(out)
         proc = subprocess.Popen(imp_command(out, flags), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_claim(proc, out, before)
-        delay = max(0.05, moment - timeline.resumed_at(jobs_done))
+        delay, previous = max(moment - previous, moment - timeline.resumed_at(jobs_done)), moment
         try:
             proc.wait(timeout=delay)
             hit = False
@@ -121,8 +121,8 @@ def run_killed(out: Path, flags: list[str], env: dict[str, str], timeline: Timel
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             hit = True
-        left = len(list(out.rglob(".*.tmp")))
-        kills.append(Kill(moment, timeline.at(moment), delay, hit, _jobs_done(out), left))
+        left, done = len(list(out.rglob(".*.tmp"))), _jobs_done(out)
+        kills.append(Kill(moment, timeline.running(done) if hit else "(finished)", delay, hit, done, left))
     final = subprocess.run(imp_command(out, flags), env=env, capture_output=True, text=True)
     if final.returncode != 0:
         raise SystemExit(f"the resumed run failed:\n{final.stderr}")
@@ -151,7 +151,7 @@ def the_run(out: Path) -> Path:
 
 def print_kills(kills: list[Kill]) -> None:
     row = "{:>4}  {:>6}  {:<18}  {:>13}  {:>6}  {:>9}  {:>8}"
-    print(row.format("kill", "at s", "in job", "after claim s", "killed", "jobs done", "tmp left"))
+    print(row.format("kill", "at s", "killed in", "after claim s", "killed", "jobs done", "tmp left"))
     for i, k in enumerate(kills, 1):
         hit = "yes" if k.hit else "no"
         print(row.format(i, f"{k.moment:.2f}", k.job, f"{k.delay:.2f}", hit, k.jobs_done, k.temporaries))

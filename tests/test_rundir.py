@@ -42,7 +42,7 @@ def data():
 def reference(data, tmp_path_factory):
     """The undamaged run, trained once."""
     path = tmp_path_factory.mktemp("reference") / "run"
-    run_imp(CFG, registry_problem(CFG, data), path)
+    _run(path, data)
     return path
 
 
