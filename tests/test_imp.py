@@ -12,7 +12,7 @@ from ticketlab.pruning import collapse, keep_counts, prune_to
 from ticketlab.rundir import RunDir, load_ticket
 from ticketlab.scores import Examples, score
 from ticketlab.seeds import derive_seed
-from ticketlab.store import RunLock, load_tensors, read_csv, read_record
+from ticketlab.store import load_tensors, read_csv, read_record
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +147,6 @@ def test_a_half_finished_job_is_redone_and_results_match(data, tmp_path):
     assert [[r[k] for k in key] for r in again] == [[r[k] for k in key] for r in full]
 
 
-def test_a_second_process_on_the_same_run_is_refused(data, tmp_path):
-    cfg = tiny_config(imp={"levels": 1})
-    with RunLock(tmp_path):
-        with pytest.raises(TicketlabError, match="in use by pid"):
-            _run(cfg, data, tmp_path)
-    assert not (tmp_path / "results.csv").exists()
-
-
 def test_a_run_directory_of_another_experiment_is_refused(data, tmp_path):
     _run(tiny_config(imp={"levels": 1}), data, tmp_path)
     with pytest.raises(TicketlabError, match="holds a different experiment"):
@@ -184,17 +176,6 @@ def test_rewinding_to_k_resumes_the_schedule_and_data_order(data, tmp_path):
     train(model, data, cfg.train, mask=mask, data_seed=derive_seed(cfg.imp.seed, 0, "data"), start=20)
     final = load_tensors(level0.final)
     assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
-
-
-def test_taking_the_lock_sweeps_temporaries_a_killed_writer_left(tmp_path):
-    stale = tmp_path / "replicate_0" / "level_1" / ".mask.safetensors.abc123.tmp"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"half a file")
-    kept = tmp_path / "replicate_0" / "level_1" / "mask.safetensors"
-    kept.write_bytes(b"x")
-    with RunLock(tmp_path):
-        pass
-    assert not stale.exists() and kept.exists()
 
 
 def test_pruning_at_init_scores_the_rewind_point_and_prunes_each_level_from_dense(data, tmp_path):

@@ -9,9 +9,9 @@ RUN/replicate_R/level_L/BRANCH/   final.safetensors  metrics.jsonl  result.json 
 
 A job (replicate, level, branch) is complete when its ``result.json`` exists and verifies: the record carries
 the SHA-256 of its own content, of every file the job wrote, and of what it was made from (its ``inputs``).
-A level's mask is recorded in ``level.json`` with its digest, the number of weights kept and its parent's
-digest. Whatever fails -- a damaged or edited file, a mask that is not a subset of its parent or not of the
-recorded count -- is reported in one warning line and computed again; jobs being deterministic, the run ends
+A level's mask is recorded in ``level.json`` with its digest and the number of weights kept. Whatever fails --
+a damaged or edited file, a mask that is not a subset of its parent level's or not of the recorded count --
+is reported in one warning line and computed again; jobs being deterministic, the run ends
 with the results an undamaged one gives.
 """
 
@@ -105,7 +105,7 @@ class LevelFiles:
         return self.path / "mask.safetensors"
 
     @property
-    def record(self) -> Path:  # level >= 1: the mask's digest, kept count and parent
+    def record(self) -> Path:  # level >= 1: the mask's digest and kept count
         return self.path / "level.json"
 
     def dense_at(self, step: int) -> Path:  # level 0: the dense network after ``step`` iterations (a replay)
