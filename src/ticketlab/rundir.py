@@ -18,6 +18,8 @@ with the results an undamaged one gives.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.writing = False  # holding the lock, computing what is missing or damaged
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -146,8 +149,15 @@ class RunDir:
     def job(self, replicate: int, level: int, branch: str) -> JobFiles:
         return JobFiles(self.level(replicate, level).path / branch, replicate, level, branch)
 
-    def lock(self) -> RunLock:
-        return RunLock(self.path)
+    @contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run's lock (:class:`RunLock`) to compute in it."""
+        with RunLock(self.path):
+            self.writing = True
+            try:
+                yield self
+            finally:
+                self.writing = False
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the run directory, as records name files."""
@@ -221,8 +231,14 @@ class RunDir:
                 raise DamagedFile(job.result, f"made from another {', '.join(changed)} than the one now on disk")
         except DamagedFile as e:
             if not quiet:
-                warn(f"{e.path} is damaged ({e.why}); computing {self.rel(job.path)} again")
-            job.result.unlink(missing_ok=True)
+                then = (
+                    "computing it again"
+                    if self.writing
+                    else "left out; the command that made the run computes it again"
+                )
+                warn(f"{e.path} is damaged ({e.why}); {self.rel(job.path)}: {then}")
+            if self.writing:  # the job runs again; until it has finished, it is not done
+                job.result.unlink(missing_ok=True)
             return None
         return record
 
