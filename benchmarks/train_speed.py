@@ -20,7 +20,7 @@ from ticketlab.data import batches, iterations_per_epoch, load_dataset
 from ticketlab.masks import full_mask
 from ticketlab.models import create_model, initialize
 from ticketlab.prunable import prunable_names
-from ticketlab.training import train
+from ticketlab.training import Observer, train
 
 
 def matmul_flops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
@@ -48,12 +48,13 @@ def ticketlab_epoch(data, batch: int, device) -> float:
     cfg = TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=batch, steps="1ep", eval_every="1000000it")
     marks = {}
 
-    def progress(done, _):
-        if done in (1, per_epoch):
-            sync(device)
-            marks[done] = time.perf_counter()
+    class Clock(Observer):  # the time after the first and the last step
+        def on_step(self, step, model):
+            if step in (1, per_epoch):
+                sync(device)
+                marks[step] = time.perf_counter()
 
-    train(model, data, cfg, mask=mask, data_seed=0, progress=progress)
+    train(model, data, cfg, mask=mask, data_seed=0, observers=[Clock()])
     return (marks[per_epoch] - marks[1]) * per_epoch / (per_epoch - 1)
 
 
