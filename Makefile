@@ -31,3 +31,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/augment_speed.py
 	$(PY) benchmarks/export_speed.py
+	$(PY) benchmarks/kill_resume.py
