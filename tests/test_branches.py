@@ -1,6 +1,7 @@
 """Branches off a finished IMP run: each branch's defining property, checked on the weights it starts from."""
 
 import re
+import shutil
 from typing import Annotated
 
 import pytest
@@ -305,3 +306,15 @@ def test_an_option_of_the_wrong_type_is_refused_in_one_line(tmp_path, capsys, ar
     assert main(["branch", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "config.json" not in err
+
+
+def test_a_branch_on_a_damaged_trunk_says_which_command_repairs_it_and_records_the_mask_it_used(trunk, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trunk, run)
+    run_branch(run, "finetune", levels=[1], device="cpu")
+    record = read_record(RunDir(run).job(0, 1, "finetune").result)
+    assert record["inputs"]["mask"] == read_record(RunDir(run).level(0, 1).record)["mask"]
+    mask = RunDir(run).level(0, 2).mask
+    M.save_mask(mask, {n: torch.ones_like(m) for n, m in M.load_mask(mask).items()})
+    with pytest.raises(TicketlabError, match=r"mask.safetensors is damaged .*run the `ticketlab imp` command"):
+        run_branch(run, "lr_rewind", levels=[2], device="cpu")

@@ -32,7 +32,7 @@ from ticketlab.plan import Plan, make_plan, random_baseline
 from ticketlab.problem import Problem, registry_problem
 from ticketlab.rundir import RunDir
 from ticketlab.seeds import derive_seed
-from ticketlab.store import load_tensors
+from ticketlab.store import DamagedFile, load_tensors, verify
 
 __all__ = [
     "BRANCHES",
@@ -159,7 +159,13 @@ def _branch_job(q: _Request, r: int, level: int) -> Job | None:
     ticket = q.run.finished(q.run.job(r, level, "ticket"), quiet=True)
     if ticket is None or q.run.finished(files) is not None:
         return None
-    start = _start(q, r, level)
+    try:
+        start = _start(q, r, level, ticket)
+    except DamagedFile as e:  # the trunk's files: the branch cannot repair them, the trunk's own command can
+        raise TicketlabError(
+            f"{e.path} is damaged ({e.why}); run the `ticketlab imp` command that made {q.run.path} again to "
+            "repair it, then this branch"
+        ) from None
     begins = q.branch.fn(start, q.target_problem.fresh_model, **q.options)
 
     def build():
@@ -175,7 +181,7 @@ def _branch_job(q: _Request, r: int, level: int) -> Job | None:
         data=q.target_problem.data,
         data_seed=derive_seed(q.cfg.imp.seed, r, "data"),
         start=q.plan.k if begins.begin is None else begins.begin,
-        inputs={"mask": _recorded(q.run, ticket, q.run.level(r, level).mask) or ""},
+        inputs={"mask": ticket.get("inputs", {}).get("mask", "")},
         label=q.tag,
         options=q.options,
         init_file=files.init,
@@ -188,15 +194,19 @@ def _recorded(run: RunDir, record: dict, path: Path) -> str | None:
     return record.get("files", {}).get(run.rel(path))
 
 
-def _start(q: _Request, r: int, level: int) -> Start:
-    """The finished level (replicate ``r``, ``level``) as the branch sees it, every file checked against its record."""
+def _start(q: _Request, r: int, level: int, ticket: dict[str, Any]) -> Start:
+    """The finished level (replicate ``r``, ``level``; ``ticket``: its ticket's result record) as the branch sees
+    it, every file checked against its record (DamagedFile otherwise)."""
     run, cfg, plan = q.run, q.cfg, q.plan
     dev = q.problem.data.train.x.device
     level0 = run.level(r, 0)
     dense = run.finished(run.job(r, 0, "ticket"), quiet=True) or {}
     source = run.job(r, plan.source_level(level), "ticket")
     source_record = run.finished(source, quiet=True) or {}
-    ticket_mask = M.load_mask(run.level(r, level).mask, dev)
+    mask_file = run.level(r, level).mask
+    if ticket.get("inputs", {}).get("mask"):  # the mask the ticket was trained with (ticketlab 0.1: unrecorded)
+        verify(mask_file, ticket["inputs"]["mask"])
+    ticket_mask = M.load_mask(mask_file, dev)
     init_sha256 = _recorded(run, dense, level0.init)
     return Start(
         cfg=cfg,
