@@ -250,3 +250,14 @@ def test_a_run_killed_at_random_moments_resumes_to_the_same_bytes(tmp_path):
     whole, killed = kill_resume.the_run(tmp_path / "whole"), kill_resume.the_run(tmp_path / "killed")
     assert kill_resume.differences(whole, killed) == []
     assert len(kill_resume.comparable(whole)[0]) == 4 + 3 * 8  # level 0: 4 files; per level: 2 masks + 6 weights
+
+
+def test_a_tickets_mask_is_checked_when_the_ticket_is_loaded(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    ticket = RunDir(run).ticket(2)
+    assert M.count(ticket.mask) == read_record(RunDir(run).level(0, 2).record)["kept"]
+    mask = RunDir(run).level(0, 2).mask
+    M.save_mask(mask, {n: torch.ones_like(m) for n, m in ticket.mask.items()})
+    with pytest.raises(TicketlabError, match="mask.safetensors is damaged"):
+        RunDir(run).ticket(2)

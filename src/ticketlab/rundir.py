@@ -36,6 +36,7 @@ from ticketlab.store import (
     load_tensors,
     read_record,
     sha256_file,
+    verify,
     write_csv,
     write_record,
 )
@@ -327,6 +328,10 @@ class RunDir:
             raise TicketlabError(f"level {level} of replicate {replicate} in {self.path} has not finished")
         files = self.level(replicate, level)
         init = job.init if level else files.init
+        # the mask the ticket trained with: an input of a pruned level's ticket, an output of level 0's
+        digest = record.get("inputs", {}).get("mask") if level else record.get("files", {}).get(self.rel(files.mask))
+        if digest:  # records of ticketlab 0.1 hold none
+            verify(files.mask, digest)
         mask = M.load_mask(files.mask, device)
         state = load_tensors(init, device, sha256=record.get("files", {}).get(self.rel(init)))
         return Ticket(level, M.density(mask), mask, state)
