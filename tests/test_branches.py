@@ -318,3 +318,35 @@ def test_a_branch_on_a_damaged_trunk_says_which_command_repairs_it_and_records_t
     M.save_mask(mask, {n: torch.ones_like(m) for n, m in M.load_mask(mask).items()})
     with pytest.raises(TicketlabError, match=r"mask.safetensors is damaged .*run the `ticketlab imp` command"):
         run_branch(run, "lr_rewind", levels=[2], device="cpu")
+
+
+def test_a_branch_never_trains_from_a_damaged_trunk_checkpoint_and_the_trunk_repairs_it(trunk, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trunk, run)
+    final = RunDir(run).job(0, 1, "ticket").final  # what lr_rewind at level 2 starts from
+    blob = bytearray(final.read_bytes())
+    blob[-5] ^= 0xFF
+    final.write_bytes(bytes(blob))
+    with pytest.raises(TicketlabError, match=r"run the `ticketlab imp` command .* again to repair"):
+        run_branch(run, "lr_rewind", levels=[2], device="cpu")
+    cfg = RunDir(run).config()
+    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), run)  # the trunk's command repairs it
+    capsys.readouterr()
+    run_branch(run, "lr_rewind", levels=[2], device="cpu")
+    clean = tmp_path / "clean"
+    shutil.copytree(trunk, clean)
+    run_branch(clean, "lr_rewind", levels=[2], device="cpu")
+    job = RunDir(run).job(0, 2, "lr_rewind")
+    assert job.final.read_bytes() == RunDir(clean).job(0, 2, "lr_rewind").final.read_bytes()
+    assert (
+        read_record(job.result)["inputs"]["trained"]
+        == read_record(RunDir(run).job(0, 1, "ticket").result)["files"]["replicate_0/level_1/ticket/final.safetensors"]
+    )
+    # a damaged branch job: the trunk's command leaves it out and says so; the branch command computes it again
+    job.final.write_bytes(b"")
+    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), run)
+    err = capsys.readouterr().err
+    assert "lr_rewind: left out; the command that made it computes it again" in err
+    assert "lr_rewind" not in {r["branch"] for r in read_csv(run / "results.csv")}
+    run_branch(run, "lr_rewind", levels=[2], device="cpu")
+    assert job.final.read_bytes() == RunDir(clean).job(0, 2, "lr_rewind").final.read_bytes()

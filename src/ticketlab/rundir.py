@@ -211,13 +211,15 @@ class RunDir:
 
     # --------------------------------------------------------------------------------------- job records
 
-    def finished(self, job: JobFiles, inputs: dict[str, str] | None = None, *, quiet: bool = False) -> dict | None:
-        """The job's result record if the job is complete and intact, else None (it must run again).
+    def finished(
+        self, job: JobFiles, inputs: dict[str, str] | None = None, *, quiet: bool = False, repair: bool = True
+    ) -> dict | None:
+        """The job's result record if the job is complete and intact, else None.
 
-        Intact: the record verifies, every file it lists has the recorded SHA-256, and, when ``inputs`` is given,
-        the job was made from those inputs (digests). Anything else is reported in one warning line (unless
-        ``quiet``) and the record removed, so the job runs again. Records of ticketlab 0.1, which list no files,
-        are taken as they are.
+        Intact: the record verifies, every file it lists has the recorded SHA-256, and it was made from ``inputs``
+        (digests by role; the roles both name are compared). Anything else is reported in one warning line (unless
+        ``quiet``); with ``repair``, by a process holding the run's lock, the record is removed so that the job runs
+        again. Records of ticketlab 0.1, which list no files, are taken as they are.
         """
         if not job.result.exists():
             return None
@@ -226,19 +228,16 @@ class RunDir:
             for rel, digest in record.get("files", {}).items():
                 if sha256_file(self.path / rel) != digest:
                     raise DamagedFile(self.path / rel, "its bytes differ from the SHA-256 recorded when it was written")
-            made_from = record.get("inputs")
-            if inputs is not None and made_from is not None and made_from != inputs:
-                changed = sorted(k for k in {**inputs, **made_from} if inputs.get(k) != made_from.get(k))
+            made_from = record.get("inputs") or {}
+            changed = sorted(k for k in made_from if k in (inputs or {}) and inputs[k] != made_from[k])
+            if changed:  # (what both the record and the caller name: a baseline and its branch re-run agree)
                 raise DamagedFile(job.result, f"made from another {', '.join(changed)} than the one now on disk")
         except DamagedFile as e:
+            repairing = repair and self.writing
             if not quiet:
-                then = (
-                    "computing it again"
-                    if self.writing
-                    else "left out; the command that made the run computes it again"
-                )
+                then = "computing it again" if repairing else "left out; the command that made it computes it again"
                 warn(f"{e.path} is damaged ({e.why}); {self.rel(job.path)}: {then}")
-            if self.writing:  # the job runs again; until it has finished, it is not done
+            if repairing:  # the job runs again; until it has finished, it is not done
                 job.result.unlink(missing_ok=True)
             return None
         return record
@@ -297,7 +296,8 @@ class RunDir:
                 here = self.level(r, level).path
                 others = sorted(p.name for p in here.iterdir() if p.is_dir()) if here.is_dir() else []
                 for branch in [*trunk, *(b for b in others if b not in trunk)]:
-                    record = self.finished(self.job(r, level, branch), quiet=quiet)
+                    # the trunk's jobs were checked (and computed again) before; these rows are only read
+                    record = self.finished(self.job(r, level, branch), quiet=quiet, repair=False)
                     # a baseline the trunk no longer asks for is left out, unless a branch command ran it
                     if record is not None and (branch in trunk or branch not in TRUNK or "options" in record):
                         rows.append({k: v for k, v in record.items() if k in RESULT_COLUMNS})
@@ -315,7 +315,7 @@ class RunDir:
         return [
             lv
             for lv in range(1, level_count(config) + 1)
-            if self.finished(self.job(replicate, lv, "ticket"), quiet=True) is not None
+            if self.finished(self.job(replicate, lv, "ticket"), quiet=True, repair=False) is not None
         ]
 
     # ------------------------------------------------------------------------------------------- tickets

@@ -143,6 +143,12 @@ def run_branch(
 def _levels(run: RunDir, cfg: ExperimentConfig, levels: list[int] | None) -> list[int]:
     """The levels asked for (every finished one when None), refused unless all have finished."""
     finished = run.finished_levels(cfg)
+    damaged = [lv for lv in range(1, max(finished, default=0) + 1) if lv not in finished]
+    if damaged:  # a ticket recorded as finished whose files are not as recorded
+        raise TicketlabError(
+            f"level(s) {damaged} of {run.path} are damaged; run the `ticketlab imp` command that made the run "
+            "again to repair them, then this branch"
+        )
     levels = finished if levels is None else levels
     missing = [lv for lv in levels if lv not in finished]
     if missing or not levels:
@@ -156,16 +162,15 @@ def _levels(run: RunDir, cfg: ExperimentConfig, levels: list[int] | None) -> lis
 def _branch_job(q: _Request, r: int, level: int) -> Job | None:
     """The job of the branch at (replicate ``r``, ``level``), or None when it is done or its level is not."""
     files = q.run.job(r, level, _dirname(q.tag))
-    ticket = q.run.finished(q.run.job(r, level, "ticket"), quiet=True)
-    if ticket is None or q.run.finished(files) is not None:
-        return None
-    try:
-        start = _start(q, r, level, ticket)
-    except DamagedFile as e:  # the trunk's files: the branch cannot repair them, the trunk's own command can
+    try:  # the trunk's files: the branch cannot repair them, the trunk's own command can
+        start, inputs = _start(q, r, level)
+    except DamagedFile as e:
         raise TicketlabError(
-            f"{e.path} is damaged ({e.why}); run the `ticketlab imp` command that made {q.run.path} again to "
-            "repair it, then this branch"
+            f"{e.path} is damaged or missing ({e.why}); run the `ticketlab imp` command that made {q.run.path} "
+            "again to repair it, then this branch"
         ) from None
+    if q.run.finished(files, inputs) is not None:
+        return None
     begins = q.branch.fn(start, q.target_problem.fresh_model, **q.options)
 
     def build():
@@ -181,7 +186,7 @@ def _branch_job(q: _Request, r: int, level: int) -> Job | None:
         data=q.target_problem.data,
         data_seed=derive_seed(q.cfg.imp.seed, r, "data"),
         start=q.plan.k if begins.begin is None else begins.begin,
-        inputs={"mask": ticket.get("inputs", {}).get("mask", "")},
+        inputs=inputs,
         label=q.tag,
         options=q.options,
         init_file=files.init,
@@ -194,28 +199,38 @@ def _recorded(run: RunDir, record: dict, path: Path) -> str | None:
     return record.get("files", {}).get(run.rel(path))
 
 
-def _start(q: _Request, r: int, level: int, ticket: dict[str, Any]) -> Start:
-    """The finished level (replicate ``r``, ``level``; ``ticket``: its ticket's result record) as the branch sees
-    it, every file checked against its record (DamagedFile otherwise)."""
+def _trunk_record(run: RunDir, job) -> dict[str, Any]:
+    """A finished trunk job's verified result record; DamagedFile when it is damaged or has not finished."""
+    record = run.finished(job, repair=False)
+    if record is None:
+        raise DamagedFile(job.result, "the job has not finished, or its files are not as recorded")
+    return record
+
+
+def _start(q: _Request, r: int, level: int) -> tuple[Start, dict[str, str]]:
+    """The finished level (replicate ``r``, ``level``) as the branch sees it, and the SHA-256 of what it is made
+    of (the branch's inputs). Every file is checked against its record: DamagedFile otherwise."""
     run, cfg, plan = q.run, q.cfg, q.plan
     dev = q.problem.data.train.x.device
     level0 = run.level(r, 0)
-    dense = run.finished(run.job(r, 0, "ticket"), quiet=True) or {}
+    dense = _trunk_record(run, run.job(r, 0, "ticket"))
+    ticket = _trunk_record(run, run.job(r, level, "ticket"))
     source = run.job(r, plan.source_level(level), "ticket")
-    source_record = run.finished(source, quiet=True) or {}
+    trained = _recorded(run, _trunk_record(run, source), source.final)
     mask_file = run.level(r, level).mask
-    if ticket.get("inputs", {}).get("mask"):  # the mask the ticket was trained with (ticketlab 0.1: unrecorded)
-        verify(mask_file, ticket["inputs"]["mask"])
+    mask_sha256 = ticket.get("inputs", {}).get("mask")  # the mask the ticket trained with (0.1: unrecorded)
+    if mask_sha256:
+        verify(mask_file, mask_sha256)
     ticket_mask = M.load_mask(mask_file, dev)
-    init_sha256 = _recorded(run, dense, level0.init)
-    return Start(
+    init_sha256, rewind_sha256 = _recorded(run, dense, level0.init), _recorded(run, dense, level0.rewind)
+    start = Start(
         cfg=cfg,
         replicate=r,
         level=level,
         mask=ticket_mask,
-        rewind=load_tensors(level0.rewind, dev, sha256=_recorded(run, dense, level0.rewind)),
+        rewind=load_tensors(level0.rewind, dev, sha256=rewind_sha256),
         init=load_tensors(level0.init, dev, sha256=init_sha256),
-        trained=load_tensors(source.final, dev, sha256=_recorded(run, source_record, source.final)),
+        trained=load_tensors(source.final, dev, sha256=trained),
         k=plan.k,
         total=plan.total,
         per_epoch=plan.per_epoch,
@@ -226,3 +241,10 @@ def _start(q: _Request, r: int, level: int, ticket: dict[str, Any]) -> Start:
         ),
         structured=plan.units is not None,
     )
+    inputs = {
+        "mask": mask_sha256 or "",
+        "init": init_sha256 or "",
+        "rewind": rewind_sha256 or "",
+        "trained": trained or "",
+    }
+    return start, inputs
