@@ -347,6 +347,6 @@ def test_a_branch_never_trains_from_a_damaged_trunk_checkpoint_and_the_trunk_rep
     run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), run)
     err = capsys.readouterr().err
     assert "lr_rewind: left out; the command that made it computes it again" in err
-    assert "lr_rewind" not in {r["branch"] for r in read_csv(run / "results.csv")}
+    assert ("2", "lr_rewind") not in {(r["level"], r["branch"]) for r in read_csv(run / "results.csv")}
     run_branch(run, "lr_rewind", levels=[2], device="cpu")
     assert job.final.read_bytes() == RunDir(clean).job(0, 2, "lr_rewind").final.read_bytes()
