@@ -9,7 +9,7 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ticketlab import branches as B
 from ticketlab import compare_criteria
@@ -115,8 +115,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line answered in one line (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ticketlab: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ticketlab", description="Find, train and study lottery tickets (sparse trainable subnetworks)."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -69,17 +69,18 @@ def _layout(title: str, head: list[str], lines: list[list[str]], left: int = 0) 
 
 
 def imp_summary(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> dict[int, dict[str, Any]]:
-    """Per level: ``density`` (the tickets' mean) and ``branches``, each branch's Summary of ``metric``."""
+    """Per level: ``density`` (the tickets' mean; the other rows' without a ticket row) and ``branches``, each
+    branch's Summary of ``metric``."""
     by_level: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     dens: dict[int, list[float]] = defaultdict(list)
+    others: dict[int, list[float]] = defaultdict(list)  # when a level's ticket row is missing (a damaged job)
     for row in rows:
         level = int(row["level"])
         by_level[level][row["branch"]].append(float(row[metric]))
-        if row["branch"] == "ticket":
-            dens[level].append(float(row["density"]))
+        (dens if row["branch"] == "ticket" else others)[level].append(float(row["density"]))
     return {
         level: {
-            "density": float(np.mean(dens[level])) if dens[level] else float("nan"),
+            "density": float(np.mean(dens[level] or others[level])),
             "branches": {b: summarize(v) for b, v in by_level[level].items()},
         }
         for level in sorted(by_level)
