@@ -71,3 +71,39 @@ def test_val_size_splits_the_training_data_and_other_data_is_refused_on_resume(s
         find_ticket(_net(), train, shuffled, out=tmp_path, device="cpu", val_size=300, **OPTS)
     with pytest.raises(TicketlabError, match="does not apply"):
         find_ticket(_net(), train, test, init="kaiming_normal")
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        (lambda x, y: (x, torch.nn.functional.one_hot(y)), r"shape \(N,\), not \(2000, 10\).*argmax"),
+        (lambda x, y: (x, y.float() + 0.5), "fractional"),
+        (lambda x, y: (x, y - 1), "must be >= 0"),
+        (lambda x, y: (x, y + 10), "at least 20 classes"),
+        (lambda x, y: (x[:0], y[:0]), "no examples"),
+        (lambda x, y: (x, y[:10]), "x has 2000 examples but y has 10"),
+        (lambda x, y: ("x", "y"), "cannot read str as a tensor; pass tensors or NumPy arrays"),
+        (lambda x, y: 5, "expected .x, y. tensors or arrays"),
+    ],
+)
+def test_bad_data_is_refused_in_one_line(synthetic, train, message):
+    with pytest.raises(TicketlabError, match=message):
+        find_ticket(_net(), train(synthetic.train.x, synthetic.train.y), (synthetic.test.x, synthetic.test.y))
+
+
+def test_numpy_arrays_are_the_same_data_as_tensors_and_model_is_not_an_option(synthetic, tmp_path):
+    arrays = (synthetic.train.x.numpy(), synthetic.train.y.numpy())
+    test = (synthetic.test.x.numpy().astype("float64"), synthetic.test.y.numpy().astype("int32"))
+    a = find_ticket(_net(), arrays, test, out=tmp_path / "a", device="cpu", **OPTS)
+    b = find_ticket(
+        _net(),
+        (synthetic.train.x, synthetic.train.y),
+        (synthetic.test.x, synthetic.test.y),
+        out=tmp_path / "b",
+        device="cpu",
+        **OPTS,
+    )
+    strip = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in a.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_time_s"} for r in b.rows]
+    with pytest.raises(TicketlabError, match="does not apply"):
+        find_ticket(_net(), arrays, test, model="mlp")

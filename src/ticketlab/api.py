@@ -59,6 +59,7 @@ def find_ticket(
     model: nn.Module,
     train,
     test,
+    /,
     *,
     val=None,
     config: C.ExperimentConfig | None = None,
@@ -69,9 +70,10 @@ def find_ticket(
 ) -> TicketSearch:
     """Run IMP on any ``nn.Module`` and return the ticket (mask + rewound weights) at the last level.
 
-    ``train`` / ``test`` / ``val`` are ``(x, y)`` tensors or iterables of ``(x, y)`` batches such as a
-    DataLoader (read once into memory). ``options`` are the config fields by name, as on the command
-    line: ``levels=5, fraction=0.2, steps="2ep", lr=1e-3, rewind="100it", baselines=()``.
+    ``train`` / ``test`` / ``val`` are ``(x, y)`` tensors or NumPy arrays (y: integer class indices, shape (N,)),
+    or iterables of ``(x, y)`` batches such as a DataLoader (read once into memory). ``options`` are the config
+    fields by name, as on the command line: ``levels=5, fraction=0.2, steps="2ep", lr=1e-3, rewind="100it",
+    baselines=()``; an option naming a model or dataset is refused (TicketlabError), as is bad data.
     The model's current weights are the original initialisation theta_0 (replicate 0). Results go to
     ``out`` (a run directory, resumable), or to a temporary directory.
     """
@@ -92,11 +94,17 @@ def find_ticket(
     problem = user_problem(model, data, cfg.imp.seed).with_identity(data=fingerprints)
     with torch.no_grad():
         try:
-            problem.init_model(0)(data.train.x[:2])
+            scores = problem.init_model(0)(data.train.x[:2])
         except Exception as e:  # noqa: BLE001 -- report a shape mismatch as the user's error
             raise TicketlabError(
                 f"the model cannot take the training inputs of shape {tuple(tr.x.shape[1:])}: {e}"
             ) from e
+    if not torch.is_tensor(scores) or scores.dim() != 2 or scores.shape[1] < num_classes:
+        shape = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
+        raise TicketlabError(
+            f"the model must return class scores of shape (N, classes) with at least {num_classes} classes (the "
+            f"labels go up to {num_classes - 1}); it returned {shape}"
+        )
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ticketlab-"))
     run = run_imp(cfg, problem, run_dir, progress=progress)
     return TicketSearch(run, run.results(cfg), run.ticket(level_count(cfg), 0, dev))
