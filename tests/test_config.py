@@ -282,6 +282,21 @@ def test_files_that_are_not_configs_are_one_line_errors(tmp_path, content, messa
 
 
 @pytest.mark.parametrize(
+    "name, content",
+    [
+        ("c.yaml", "train:\n  lr: 0.1\n  lr: 0.2\n"),
+        ("c.yaml", "train: {lr: 0.1}\ntrain: {steps: 10it}\n"),
+        ("c.json", '{"train": {"lr": 0.1, "lr": 0.2}}'),
+    ],
+)
+def test_a_key_given_twice_is_refused_rather_than_the_last_one_winning(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(TicketlabError, match="is given twice"):
+        load_file(path)
+
+
+@pytest.mark.parametrize(
     "d",
     [
         {"train": {"lr": "x" * 10_000}},

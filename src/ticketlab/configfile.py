@@ -49,6 +49,25 @@ class _ConfigLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:  # YAML lets the last of two equal keys win silently; a config should not
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise TicketlabError(f"{short_repr(key)} is given twice (line {line}); keep one")
+            seen.add(key if isinstance(key, str) else id(key_node))
+        return super().construct_mapping(node, deep)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (json keeps the last one silently)."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise TicketlabError(f"{short_repr(twice[0])} is given twice; keep one")
+    return dict(pairs)
+
 
 def _parse_error(e: Exception) -> str:
     """One line saying where a JSON or YAML file stops parsing."""
@@ -81,7 +100,10 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if "\x00" in text:
         raise TicketlabError(f"config file {path} is not UTF-8 text (it holds NUL bytes); give a YAML or JSON file")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_ConfigLoader)
+        if path.suffix == ".json":
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        else:
+            data = yaml.load(text, Loader=_ConfigLoader)
     except TicketlabError as e:
         raise TicketlabError(f"cannot parse config file {path}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- any parse failure is the user's file
