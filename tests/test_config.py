@@ -327,3 +327,9 @@ def test_cli_refuses_an_alias_bomb_in_one_line(tmp_path, capsys):
     assert err.startswith("ticketlab: error:") and "anchors and aliases" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mode_contradicted_by_an_old_style_key_is_refused():
+    with pytest.raises(TicketlabError, match="contradicts an old-style key set to false"):
+        C.from_dict(C.upgrade({"imp": {"mode": "one-shot", "one_shot": False}}))
+    assert C.from_dict(C.upgrade({"imp": {"mode": "at-init", "one_shot": False}})).imp.mode == "at-init"

@@ -336,9 +336,12 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
         return d
     values = dict(d["imp"])
     try:
-        chosen = [LEGACY_MODE_KEYS[k] for k in LEGACY_MODE_KEYS if k in values and parse_bool(values.pop(k))]
+        given = {LEGACY_MODE_KEYS[k]: parse_bool(values.pop(k)) for k in LEGACY_MODE_KEYS if k in values}
     except ValueError:
         raise TicketlabError("imp.one_shot and imp.at_init must be true or false (or give imp.mode)") from None
+    chosen = [mode for mode, on in given.items() if on]
+    if values.get("mode") in [mode for mode, on in given.items() if not on]:
+        raise TicketlabError(f"imp.mode {values['mode']} contradicts an old-style key set to false; drop that key")
     if len(chosen) > 1:
         raise TicketlabError("choose one of --one-shot (prune the trained network) and --at-init (before training)")
     if chosen:
