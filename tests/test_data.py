@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ticketlab.data import PAD, Split, augment_draws, batches, crop_flip, epoch_order, load_dataset, tensors_from
+from ticketlab.data import PAD, Split, augment_draws, batches, crop_flip, epoch_order, load_dataset
 from ticketlab.errors import TicketlabError
 from ticketlab.sources import IDX_FILES, read_idx
+from ticketlab.user_data import tensors_from
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

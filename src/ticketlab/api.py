@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from ticketlab import config as C
-from ticketlab.data import Dataset, fingerprint, split_validation, tensors_from
+from ticketlab.data import Dataset, split_validation
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.problem import user_problem
 from ticketlab.rundir import RunDir, Ticket, level_count
+from ticketlab.user_data import fingerprint, tensors_from
 
 
 @dataclass
