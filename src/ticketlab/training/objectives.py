@@ -7,28 +7,59 @@ today; a next-token objective (per-token loss, perplexity) plugs in here without
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.data import Split
+from ticketlab.errors import TicketlabError
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The class scores in a model's output, by one documented rule: a tensor is itself; a tuple or list gives its
+    first element (``(logits, hidden)``); a mapping gives its ``"logits"`` entry, or its only entry. Anything else
+    is a TicketlabError that says to pass ``output_fn``."""
+    if torch.is_tensor(output):
+        return output
+    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
+        return output[0]
+    if isinstance(output, dict):
+        if torch.is_tensor(output.get("logits")):
+            return output["logits"]
+        if len(output) == 1 and torch.is_tensor(next(iter(output.values()))):
+            return next(iter(output.values()))
+    kind = type(output).__name__ if not isinstance(output, dict) else f"a dict with keys {sorted(map(str, output))}"
+    raise TicketlabError(
+        f"cannot find the class scores in the model's output ({kind}); return a tensor, a tuple whose first element "
+        "is the scores, or a dict with a 'logits' entry, or pass output_fn=lambda out: <the scores>"
+    )
 
 
 @dataclass(frozen=True)
 class Objective:
-    """Mean cross-entropy over examples, and accuracy (argmax over the last dimension)."""
+    """Mean cross-entropy over examples, and accuracy (argmax over the last dimension).
+
+    ``output``: how to take the class scores (B, classes) from what the model returns; :func:`logits_of` when None.
+    """
 
     name: str = "classification"
+    output: Callable[[Any], torch.Tensor] | None = None
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The mean loss of a batch: output (B, classes) float, target (B,) int64."""
-        return F.cross_entropy(output.float(), target)
+    def logits(self, output: Any) -> torch.Tensor:
+        """The class scores in a model's ``output``."""
+        return logits_of(output) if self.output is None else self.output(output)
 
-    def sums(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        """The mean loss of a batch: the scores (B, classes) of ``output``, target (B,) int64."""
+        return F.cross_entropy(self.logits(output).float(), target)
+
+    def sums(self, output: Any, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(summed loss, correct predictions, examples) of a batch, as tensors on the device (no sync)."""
-        output = output.float()
+        output = self.logits(output).float()
         return (
             F.cross_entropy(output, target, reduction="sum"),
             (output.argmax(-1) == target).sum(),
