@@ -10,7 +10,9 @@ from ticketlab import config as C
 from ticketlab.configfile import MAX_FILE_BYTES, load_file
 from ticketlab.errors import TicketlabError
 from ticketlab.presets import preset
+from ticketlab.rundir import RunDir
 from ticketlab.steps import Step
+from ticketlab.store import write_record
 
 
 def test_hash_ignores_levels_replicates_and_baselines_but_not_what_changes_results():
@@ -110,11 +112,27 @@ def test_model_kwargs_pass_only_what_is_set():
     assert C.ModelConfig(**given).kwargs() == given
 
 
+OLD_LADDER = {"prune": {"ladder": "per-level"}}  # how runs made before the exact ladder counted
+
+
 def test_run_hash_is_stable_across_versions():
     # The hash of the default experiment as version 1 computed it: adding fields must not move old runs.
-    assert C.ExperimentConfig().run_hash() == "23974710c9"
-    assert C.ExperimentConfig().replace(model={"width": 0.5}).run_hash() != "23974710c9"
-    assert C.ExperimentConfig().replace(train={"channels_last": True}).run_hash() != "23974710c9"
+    old = C.from_dict(OLD_LADDER)
+    assert old.run_hash() == "23974710c9"
+    assert old.replace(model={"width": 0.5}).run_hash() != "23974710c9"
+    assert old.replace(train={"channels_last": True}).run_hash() != "23974710c9"
+    # the exact ladder counts differently, so an iterative run gets a directory of its own; one-shot does not
+    assert C.ExperimentConfig().run_hash() not in ("23974710c9", "")
+    one_shot = {"imp": {"mode": "one-shot"}}
+    assert C.from_dict(one_shot).run_hash() == C.from_dict(C.merge(one_shot, OLD_LADDER)).run_hash()
+
+
+def test_an_old_run_directory_resumes_on_the_ladder_it_was_made_with(tmp_path):
+    old = C.from_dict(OLD_LADDER).to_dict()
+    old["prune"].pop("ladder")  # as ticketlab 0.1 wrote config.json
+    write_record(tmp_path / "config.json", {"config": old, "hash": "23974710c9"})
+    cfg = RunDir(tmp_path).config()
+    assert cfg.prune.ladder == "per-level" and cfg.run_hash() == "23974710c9"
 
 
 def test_layer_fractions_parse_to_a_mapping():
@@ -159,12 +177,12 @@ GOLDEN_PRESET_HASHES = {
 @pytest.mark.parametrize("name", sorted(GOLDEN_HASHES))
 def test_old_config_dicts_keep_their_run_hash(name):
     d, expected = GOLDEN_HASHES[name]
-    assert C.from_dict(d).run_hash() == expected
+    assert C.from_dict(C.merge(d, OLD_LADDER)).run_hash() == expected
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_PRESET_HASHES))
 def test_presets_keep_their_run_hash(name):
-    assert C.from_dict(preset(name)).run_hash() == GOLDEN_PRESET_HASHES[name]
+    assert C.from_dict(C.merge(preset(name), OLD_LADDER)).run_hash() == GOLDEN_PRESET_HASHES[name]
 
 
 @pytest.mark.parametrize(

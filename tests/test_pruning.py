@@ -8,6 +8,7 @@ from torch import nn
 
 from ticketlab import masks as M
 from ticketlab.errors import TicketlabError
+from ticketlab.models import create_model
 from ticketlab.prunable import layer_kinds, output_layer_name, prunable_names
 from ticketlab.pruning import (
     Group,
@@ -16,6 +17,7 @@ from ticketlab.pruning import (
     compound,
     dead_outputs,
     erk_densities,
+    on_ladder,
     one_shot_groups,
     plan_groups,
     prune,
@@ -104,8 +106,23 @@ def test_output_bias_goes_at_the_output_rate_when_biases_are_pruned():
     assert groups == [(("0.weight", "0.bias"), 0.2), (("2.weight",), 0.1), (("2.bias",), 0.1)]
 
 
+def _example(model):
+    """A batch of inputs for a Sequential starting with a Linear, or with a Conv2d (the image size that fits)."""
+    first = model[0]
+    if isinstance(first, nn.Linear):
+        return torch.randn(2, first.in_features)
+    for side in range(3, 33):
+        x = torch.randn(2, first.in_channels, side, side)
+        try:
+            model(x)
+            return x
+        except RuntimeError:
+            pass
+    raise AssertionError("no image size fits the model")
+
+
 def _groups(model, names, strategy, fraction, **rates):
-    kinds, out = layer_kinds(model), output_layer_name(model)
+    kinds, out = layer_kinds(model), output_layer_name(model, _example(model))
     groups = plan_groups(names, kinds=kinds, output_name=out, strategy=strategy, fraction=fraction, **rates)
     assert not any(g.erk for g in groups) or strategy == "erk"
     return [tuple(g[:2]) for g in groups] if strategy != "erk" else groups
@@ -133,10 +150,10 @@ def test_one_shot_to_a_target_density_overall_split_as_iterative_pruning_splits_
     # conv 10%, fc 20%, output 10% per level; and a case where no group uses --fraction at all
     for groups in ([(("conv",), 0.1), (("fc",), 0.2), (("out",), 0.1)], [(("conv",), 0.1), (("out",), 0.1)]):
         got = one_shot_groups(groups, sizes, 0.05)
-        kept = sum(sum(sizes[n] for n in g) * (1 - f) for g, f, _ in got)
+        kept = sum(sum(sizes[n] for n in g) * (1 - f) for g, f, *_ in got)
         assert abs(kept / sum(sum(sizes[n] for n in g) for g, _ in groups) - 0.05) < 1e-9
         # the same number of levels L for every group: (1 - f_new) = (1 - f) ** L
-        levels = [math.log(1 - f_new) / math.log(1 - f) for (_, f_new, _), (_, f) in zip(got, groups)]
+        levels = [math.log(1 - f_new) / math.log(1 - f) for (_, f_new, *_), (_, f) in zip(got, groups)]
         assert max(levels) - min(levels) < 1e-9
 
 
@@ -238,3 +255,34 @@ def test_collapse_sees_paths_through_residual_connections():
     assert collapse(model, mask, (3, 8, 8)) == ["blocks.1.conv2.weight has no weight left"]
     mask["conv.weight"] = torch.zeros_like(mask["conv.weight"])  # the stem: nothing gets in
     assert "no path from the input reaches any output" in collapse(model, mask, (3, 8, 8))
+
+
+def test_iterative_counts_follow_the_exact_ladder_even_on_tiny_layers():
+    """Level L keeps round(n * (1 - f)^L) of a layer's n weights; one level's cut rounded on its own stalls."""
+    mask = {"out.weight": torch.ones(2, 3, dtype=torch.bool)}
+    ladder, per_level = dict(mask), dict(mask)
+    for level in range(1, 12):
+        scores = {"out.weight": torch.randn(2, 3)}
+        ladder = prune(scores, ladder, on_ladder([Group(("out.weight",), 0.1)], level, {"out.weight": 6}))
+        per_level = prune(scores, per_level, [Group(("out.weight",), 0.1)])
+        assert int(ladder["out.weight"].sum()) == round(6 * 0.9**level)
+    assert int(ladder["out.weight"].sum()) == 2  # round(6 * 0.9^11) = round(1.88)
+    assert int(per_level["out.weight"].sum()) == 5  # the old per-level rounding: round(0.1 * 6) = 1, then 0s
+
+
+def test_lenet_300_100_still_reaches_21_1_percent_at_level_7():
+    model = create_model("lenet_300_100", (1, 28, 28), 10)
+    names = prunable_names(model)
+    out = output_layer_name(model, torch.randn(2, 1, 28, 28), names)
+    groups = plan_groups(names, kinds=layer_kinds(model), output_name=out, strategy="layerwise", fraction=0.2,
+                         output_fraction=0.1)  # fmt: skip
+    mask = M.full_mask(model, names)
+    origin = {n: m.numel() for n, m in mask.items()}
+    for level in range(1, 8):
+        mask = prune({n: torch.randn(m.shape) for n, m in mask.items()}, mask, on_ladder(groups, level, origin))
+    assert f"{M.density(mask):.1%}" == "21.1%"
+    assert [int(m.sum()) for m in mask.values()] == [
+        round(235200 * 0.8**7),
+        round(30000 * 0.8**7),
+        round(1000 * 0.9**7),
+    ]

@@ -20,4 +20,4 @@ __all__ = [
     "load_ticket",
     "save_mask",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -183,6 +183,17 @@ class PruneConfig:
     )
     ignore: tuple[str, ...] = option((), "parameter names (or module-name prefixes) never pruned, e.g. fc.0.weight")
     prune_biases: bool = option(False, "also prune biases of linear/conv layers")
+    prunable: tuple[str, ...] = option((), "more parameters to prune, by name pattern (fnmatch): *.kernel", since=2)
+    prune_embeddings: bool = option(
+        False, "also prune Embedding / EmbeddingBag tables (off: they are token lookups, not layers)", since=2
+    )
+    ladder: str = option(
+        "exact",
+        "iterative counts: exact keeps round(n * (1 - fraction)^level) of a layer's n weights at each level; "
+        "per-level rounds each level's cut (as runs made before 0.2 did; it stalls on tiny layers)",
+        choices=("exact", "per-level"),
+        since=2,
+    )
 
     def __post_init__(self) -> None:
         check_fraction("fraction", self.fraction)
@@ -291,6 +302,10 @@ class ExperimentConfig:
         # imp.mode is hashed as the two booleans it replaced (one_shot since version 1, at_init since 2), so
         # every run keeps the directory it had before.
         kept["imp"]["one_shot"] = self.imp.mode == "one-shot"
+        # The exact ladder changed iterative runs' counts: hashed there, and per-level (the old way) is not.
+        kept["prune"].pop("ladder", None)
+        if self.imp.mode == "iterative" and self.prune.ladder == "exact":
+            kept["prune"]["ladder"] = "exact"
         if self.imp.mode == "at-init":
             kept["imp"]["at_init"] = True
         blob = json.dumps(kept, sort_keys=True, default=list)

@@ -31,6 +31,7 @@ from ticketlab.pruning import (
     collapse,
     compound,
     expand,
+    on_ladder,
     one_shot_groups,
     prune,
     prune_in_rounds,
@@ -57,23 +58,25 @@ def run_imp(
     progress: bool = False,
     start_mask: M.Mask | None = None,
     executor: Executor = run_jobs,
+    quiet: bool = False,
 ) -> RunDir:
     """Run (or resume) ``config`` on ``problem`` in ``run_dir``; writes and returns the run (its ``results.csv``
     holds one row per finished job).
 
     ``start_mask``: level 0's mask instead of the full one (weights forbidden from the start, as the disjoint
     tickets experiment does); iterative pruning only, since one-shot levels prune the full network.
-    ``executor``: what trains each list of independent jobs (level 0; then each level's ticket and baselines)."""
+    ``executor``: what trains each list of independent jobs (level 0; then each level's ticket and baselines).
+    The run starts with one line on stderr saying what is not pruned, unless ``quiet``."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     plan = make_plan(config, problem)  # every check a user can fail, before anything is written
     if start_mask is not None:
         if plan.from_dense:
             raise TicketlabError("a starting mask needs iterative pruning (not --one-shot or --at-init)")
-        if "random_prune" in config.imp.baselines:
-            raise TicketlabError("the random pruning baseline would draw forbidden weights; drop it with a start mask")
         if sorted(start_mask) != sorted(plan.names) or plan.units is not None:
             raise TicketlabError(f"a starting mask must cover exactly the prunable weights {plan.names}")
         problem = problem.with_identity(start_mask=mask_digest(start_mask))
+    if not quiet:
+        print(f"ticketlab: {plan.coverage}", file=sys.stderr, flush=True)
     with run.lock():
         run.claim(config, problem.identity)
         for replicate in range(config.imp.replicates):
@@ -112,13 +115,13 @@ class Trunk:
         trained = {0: run.finished(dense.files) or self.executor(run, [dense], progress=self.progress)[0]}
         recorded = trained[0].get("files", {})  # ticketlab 0.1's records list no files
         rewind = load_tensors(level0.rewind, self.device, sha256=recorded.get(run.rel(level0.rewind)))
-        level0_mask = M.load_mask(level0.mask, self.device)
+        level0_mask = self.level0_mask = M.load_mask(level0.mask, self.device)
         mask = level0_mask
         for level in range(1, level_count(self.cfg) + 1):
             parent = level0_mask if self.plan.from_dense else mask
             saved = run.level_mask(r, level, parent, self.device)
             if saved is None:
-                new = self.next_mask(level, parent, rewind, trained[self.plan.source_level(level)])
+                new = self.next_mask(level, parent, rewind, trained[self.plan.source_level(level)], level0_mask)
                 check_collapse(self.cfg, self.problem, new, f"replicate {r} level {level}")
                 saved = new, run.save_level_mask(r, level, new)
             mask, digest = saved
@@ -157,7 +160,8 @@ class Trunk:
             return M.apply_mask(model, mask), mask
 
         def random_prune():
-            return rewound(random_baseline(self.plan, self.problem, mask, derive_seed(seed, r, level, "random_prune")))
+            drawn = derive_seed(seed, r, level, "random_prune")
+            return rewound(random_baseline(self.plan, self.problem, mask, drawn, self.level0_mask))
 
         files = self.run.job(r, level, "ticket")
         jobs = [self._job(level, "ticket", lambda: rewound(mask), inputs, init_file=files.init)]
@@ -183,10 +187,11 @@ class Trunk:
             rewind=None if rewind is None else (rewind, self.run.level(self.r, 0).rewind),
         )
 
-    def next_mask(self, level: int, base: M.Mask, start_state: State, source_record: dict) -> M.Mask:
+    def next_mask(self, level: int, base: M.Mask, start_state: State, source_record: dict, origin: M.Mask) -> M.Mask:
         """The mask of ``level``: prune ``base`` -- the previous ticket (iterative) or the dense network's mask
         (one-shot: as trained; at init: at the rewind point). After-training criteria score the weights the
-        pruned network ended with against those it started from (theta_k); the others score the network itself."""
+        pruned network ended with against those it started from (theta_k); the others score the network itself.
+        ``origin``: level 0's mask, from which the exact ladder counts."""
         cfg, plan, run = self.cfg, self.plan, self.run
         if plan.mode == "at-init":
             source = start_state
@@ -196,7 +201,9 @@ class Trunk:
         model = self.problem.init_model(self.r)
         model.load_state_dict(source)
         M.apply_mask(model, base)
-        groups = level_groups(cfg, plan, base, level)
+        if plan.units is not None:
+            origin = {f"{k}.weight": v for k, v in alive_units(plan.units, origin).items()}
+        groups = level_groups(cfg, plan, base, level, {n: int(m.sum()) for n, m in origin.items()})
         seed = derive_seed(cfg.imp.seed, self.r, level)
         if plan.units is not None:
             unit_scores = S.score(cfg.prune.units, model=model, mask=base, units=plan.units)
@@ -222,9 +229,14 @@ class Trunk:
         return new
 
 
-def level_groups(cfg: ExperimentConfig, plan: Plan, base: M.Mask, level: int) -> list[Group]:
-    """The groups and the fraction each removes from ``base`` to reach ``level``."""
+def level_groups(
+    cfg: ExperimentConfig, plan: Plan, base: M.Mask, level: int, origin: dict[str, int] | None = None
+) -> list[Group]:
+    """The groups and the fraction each removes from ``base`` to reach ``level``; ``origin``: weights (units)
+    alive per layer at level 0, which the exact iterative ladder counts from."""
     if not plan.from_dense:
+        if cfg.prune.ladder == "exact" and origin is not None:
+            return on_ladder(plan.groups, level, origin)
         return at_level(plan.groups, level)
     if cfg.imp.target_density is not None:
         sizes = {n: m.numel() for n, m in base.items()}

@@ -19,6 +19,7 @@ from ticketlab.data import iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.problem import Problem
 from ticketlab.pruning import Group, Unit, alive_units, expand, find_units, one_shot_groups, plan_groups, random_mask
+from ticketlab.training.objectives import logits_of
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Plan:
     k: int  # rewind iteration
     total: int  # training iterations per level (the end of training)
     units: list[Unit] | None  # the neuron / filter layers, when pruning is structured
+    output: str | None = None  # the output layer's weight (nearest the output in a forward pass)
+    coverage: str = ""  # one line: what is not pruned, count and share of all weights
 
     @property
     def from_dense(self) -> bool:
@@ -48,19 +51,25 @@ def make_plan(cfg: ExperimentConfig, problem: Problem) -> Plan:
     model = problem.init_model(0)
     p = cfg.prune
     mode = cfg.imp.mode
-    names = P.prunable_names(model, prune_biases=p.prune_biases, ignore=p.ignore)
+    names = P.prunable_names(
+        model, prune_biases=p.prune_biases, ignore=p.ignore, patterns=p.prunable, embeddings=p.prune_embeddings
+    )
     if not names:
-        raise TicketlabError("the model has no prunable parameters (linear/conv weights) left after --ignore")
+        raise TicketlabError(
+            "the model has no prunable parameters left after --ignore (linear, conv, recurrent and attention "
+            "weights are; name others with --prunable PATTERN, embeddings with --prune-embeddings)"
+        )
     S.get(p.criterion, at_init=mode == "at-init")  # a known criterion, that can score what it is given
     overrides = p.overrides()
-    output = P.output_layer_name(model)
+    example = problem.data.train.inputs(slice(0, 2))
+    output = P.output_layer_name(model, example, names, logits_of)
     units = None
     pruned = names
     if p.units != "none":
         S.get(p.units, units=True)
         units, pruned = _unit_layers(model, problem, p.units, names, overrides)
     # the first / last layer kept dense (an explicit --layer-fractions for it wins); never-pruned layers need nothing
-    for which, layer in (("first", names[0]), ("last", output)):
+    for which, layer in (("first", P.first_layer_name(model, example, names)), ("last", output)):
         if which in p.keep_dense and layer in pruned:
             overrides.setdefault(layer, 0.0)
     groups = plan_groups(
@@ -86,7 +95,7 @@ def make_plan(cfg: ExperimentConfig, problem: Problem) -> Plan:
         raise TicketlabError(
             f"rewind point {cfg.imp.rewind} ({k} it) must come before the end of training ({total} it)"
         )
-    return Plan(mode, names, groups, per_epoch, k, total, units)
+    return Plan(mode, names, groups, per_epoch, k, total, units, output, P.coverage_line(model, names))
 
 
 def _unit_layers(
@@ -120,12 +129,13 @@ def full_mask(model: nn.Module, plan: Plan) -> M.Mask:
     return expand(plan.units, alive_units(plan.units, full), model, full)
 
 
-def random_baseline(plan: Plan, problem: Problem, mask: M.Mask, seed: int) -> M.Mask:
+def random_baseline(plan: Plan, problem: Problem, mask: M.Mask, seed: int, allowed: M.Mask | None = None) -> M.Mask:
     """A random mask at the ticket's densities: per pool of layers sharing a threshold (per layer for layerwise
-    and ERK), or, for structured tickets, random neurons/filters, as many per layer as the ticket keeps."""
+    and ERK), or, for structured tickets, random neurons/filters, as many per layer as the ticket keeps.
+    ``allowed``: level 0's mask, when the run started from one (imported from torch.nn.utils.prune)."""
     if plan.units is None:
         pools = [m for g in plan.groups for m in ([(n,) for n in g.members] if g.erk else [g.members])]
-        return random_mask(mask, seed, pools)
+        return random_mask(mask, seed, pools, allowed)
     model = problem.init_model(0)
     alive = alive_units(plan.units, mask)
     pools = [(u.layer,) for u in plan.units]  # as many per layer as the ticket keeps, global or not

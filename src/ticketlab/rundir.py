@@ -184,7 +184,11 @@ class RunDir:
         return saved
 
     def config(self) -> ExperimentConfig:
-        return from_dict(self.saved()["config"])
+        """The run's config; a run saved before ``prune.ladder`` existed counted per level, and still does."""
+        config = self.saved()["config"]
+        if isinstance(config.get("prune"), dict) and "ladder" not in config["prune"]:
+            config = {**config, "prune": {**config["prune"], "ladder": "per-level"}}
+        return from_dict(config)
 
     @property
     def user_model(self) -> bool:

@@ -240,6 +240,7 @@ def _start(q: _Request, r: int, level: int) -> tuple[Start, dict[str, str]]:
             random_baseline, plan, q.problem, ticket_mask, derive_seed(cfg.imp.seed, r, level, "random_prune")
         ),
         structured=plan.units is not None,
+        output=plan.output,
     )
     inputs = {
         "mask": mask_sha256 or "",

@@ -46,6 +46,7 @@ class Start:
     dense_at: Callable[[int], State]  # the dense network's weights after any number of iterations
     trunk_random: Callable[[], M.Mask]  # the trunk's own random-pruning baseline mask for this level
     structured: bool  # the run prunes whole units (masks also hold biases and norm parameters)
+    output: str | None = None  # the output layer's weight
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 import torch
 
-from ticketlab import prunable as P
 from ticketlab.branches.base import BranchStart, FreshModel, Start, masked, register
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import iterations_per_epoch, load_configured
@@ -71,7 +70,7 @@ def transfer(
     class count; a changed shape gets a random mask at the ticket's density. ``fresh`` builds networks for the
     target task, whose data and training config :func:`_target` sets up."""
     target = fresh(s.seed)
-    out = P.output_layer_name(target)
+    out = s.output
     bias = out.removesuffix("weight") + "bias"
     new_task = bool(dataset or classes)
     shape_changed = tuple(target.state_dict()[out].shape) != tuple(s.rewind[out].shape)

@@ -11,6 +11,7 @@ from ticketlab.pruning.allocate import (
     at_level,
     compound,
     erk_densities,
+    on_ladder,
     one_shot_groups,
     plan_groups,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "at_level",
     "collapse",
     "compound",
+    "on_ladder",
     "dead_outputs",
     "erk_densities",
     "example_input",

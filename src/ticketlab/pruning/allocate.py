@@ -16,11 +16,14 @@ STRATEGIES = ("layerwise", "global", "erk")
 
 class Group(NamedTuple):
     """Layers pruned together. ``fraction``: of the group's remaining weights removed, under one threshold.
-    With ``erk``, ``fraction`` is of the group's *full* size, and each layer gets its ERK share of the density."""
+    With ``erk``, ``fraction`` is of the group's *full* size, and each layer gets its ERK share of the density.
+    With ``origin`` (the group's weights alive at level 0), ``fraction`` is of those: the group keeps exactly
+    ``round(origin * (1 - fraction))`` (the exact iterative ladder)."""
 
     members: tuple[str, ...]
     fraction: float
     erk: bool = False
+    origin: int | None = None
 
 
 def as_group(g) -> Group:
@@ -81,6 +84,16 @@ def compound(fraction: float, levels: float) -> float:
 def at_level(groups: list[Group], level: int) -> list[Group]:
     """The groups of iterative level ``level``: ERK groups' fractions are of the full size, so they compound."""
     return [Group(g.members, compound(g.fraction, level), True) if g.erk else g for g in map(as_group, groups)]
+
+
+def on_ladder(groups: list[Group], level: int, origin: dict[str, int]) -> list[Group]:
+    """The groups of iterative level ``level`` on the exact ladder: a group of n weights alive at level 0
+    (``origin``: per layer) keeps round(n * (1 - f)^level), so a tiny layer's count keeps falling with the levels
+    instead of stalling where one level's cut rounds to zero."""
+    return [
+        g if g.erk else Group(g.members, compound(g.fraction, level), False, sum(origin[n] for n in g.members))
+        for g in at_level(groups, level)
+    ]
 
 
 def one_shot_groups(groups: list[Group], sizes: dict[str, int], target_density: float) -> list[Group]:

@@ -25,6 +25,12 @@ def keep_counts(groups: list[Group], mask: Mask) -> list[tuple[tuple[str, ...], 
     ``round(d_l * size_l)`` in each layer l, d_l its ERK density at the group's density ``1 - fraction``."""
     out = []
     for g in map(as_group, groups):
+        if g.origin is not None:
+            keep, alive = round(g.origin * (1.0 - g.fraction)), sum(int(mask[n].sum()) for n in g.members)
+            if keep > alive:
+                raise AssertionError(f"the ladder asks {g.members} to keep {keep} weights, more than the {alive} left")
+            out.append((g.members, keep))
+            continue
         if not g.erk:
             out.append((g.members, _kept_after(sum(int(mask[n].sum()) for n in g.members), g.fraction)))
             continue
@@ -93,8 +99,9 @@ def _check_shrank(old: Mask, new: Mask) -> None:
             raise AssertionError(f"pruning revived weights in {name}: masks must only shrink")
 
 
-def random_mask(like: Mask, seed: int, pools: list[tuple[str, ...]]) -> Mask:
-    """A random mask with the same number of kept weights as ``like`` in each pool of layers.
+def random_mask(like: Mask, seed: int, pools: list[tuple[str, ...]], allowed: Mask | None = None) -> Mask:
+    """A random mask with the same number of kept weights as ``like`` in each pool of layers, drawn among the
+    ``allowed`` weights (default: all).
 
     One pool per layer keeps every layer's density (the layerwise baseline); one pool of several
     layers keeps only their overall density (the global baseline).
@@ -105,7 +112,11 @@ def random_mask(like: Mask, seed: int, pools: list[tuple[str, ...]]) -> Mask:
         sizes = [like[n].numel() for n in pool]
         keep = sum(int(like[n].sum()) for n in pool)
         flat = torch.zeros(sum(sizes), dtype=torch.bool)
-        flat[torch.randperm(sum(sizes), generator=g)[:keep]] = True
+        if allowed is None:
+            flat[torch.randperm(sum(sizes), generator=g)[:keep]] = True
+        else:  # the same draw as above when everything is allowed
+            where = torch.cat([allowed[n].flatten().cpu() for n in pool]).nonzero().flatten()
+            flat[where[torch.randperm(len(where), generator=g)[:keep]]] = True
         for name, part in zip(pool, torch.split(flat, sizes)):
             out[name] = part.view_as(like[name]).to(like[name].device)
     return out
