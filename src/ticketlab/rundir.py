@@ -30,6 +30,7 @@ from torch import nn
 from ticketlab import masks as M
 from ticketlab.config import ExperimentConfig, from_dict
 from ticketlab.errors import TicketlabError
+from ticketlab.prunable import to_torch_pruning
 from ticketlab.store import (
     DamagedFile,
     RunLock,
@@ -359,6 +360,12 @@ class Ticket:
         """Load the rewound weights into ``model`` and zero its pruned weights."""
         model.load_state_dict(self.state)
         return M.apply_mask(model, self.mask)
+
+    def to_torch_pruning(self, model: nn.Module) -> nn.Module:
+        """Load the rewound weights into ``model`` and attach the mask as ``torch.nn.utils.prune`` masks
+        (``weight_orig`` and ``weight_mask``, as PyTorch's own pruning leaves a layer), in place."""
+        model.load_state_dict(self.state)
+        return to_torch_pruning(model, self.mask)
 
 
 def load_ticket(run_dir: str | Path, level: int, replicate: int = 0, device: str | torch.device = "cpu") -> Ticket:

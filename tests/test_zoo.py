@@ -1,0 +1,196 @@
+"""Any nn.Module a user brings: IMP through find_ticket on a zoo of module kinds, each checked for what a user
+relies on -- exact zeros after training, exact counts over everything prunable, masks that only shrink, every
+random parameter re-drawn by the re-init baseline, the output layer found, and nothing left out of the density."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrizations
+from torch.nn.utils import prune as torch_prune
+
+from ticketlab import find_ticket
+from ticketlab import masks as M
+from ticketlab.prunable import output_layer_name, prunable_names
+from ticketlab.store import load_tensors
+
+OPTS = dict(
+    levels=2, fraction=0.5, steps="6it", eval_every="3it", batch_size=16, lr=1e-2, val_size=0, baselines=("reinit",)
+)
+
+
+class Seq(nn.Module):
+    """Runs ``body`` then ``head``; recurrent / attention outputs are reduced to their last or mean step."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, reduce: str = "none"):
+        super().__init__()
+        self.body, self.head, self.reduce = body, head, reduce
+
+    def forward(self, x):
+        h = self.body(x)
+        if isinstance(h, tuple):
+            h = h[0]
+        if self.reduce == "last":
+            h = h[:, -1]
+        elif self.reduce == "mean":
+            h = h.mean(1)
+        return self.head(h.flatten(1))
+
+
+class Attention(nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True, **kw)
+
+    def forward(self, x):
+        return self.att(x, x, x)[0]
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.out(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+class HeadFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class Raw(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.kernel = nn.Parameter(torch.randn(3, 8) * 0.3)
+
+    def forward(self, x):
+        return F.linear(torch.relu(self.body(x)), self.kernel)
+
+
+def _torch_pruned():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    torch_prune.random_unstructured(model[0], "weight", amount=0.25)
+    return model
+
+
+# name: (model factory, input shape, integer inputs?, the output layer, extra find_ticket options)
+ZOO = {
+    "conv1d": (lambda: nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(40, 3)), (1, 12), {}),
+    "conv2d": (lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)), (1, 8, 8), {}),
+    "conv3d": (lambda: nn.Sequential(nn.Conv3d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)), (1, 4, 4, 4), {}),
+    "conv_transpose": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3),
+            nn.ReLU(),
+            nn.ConvTranspose2d(4, 4, 3),
+            nn.ReLU(),
+            nn.Conv2d(4, 2, 3),
+            nn.Flatten(),
+            nn.Linear(72, 3),
+        ),
+        (1, 8, 8),
+        {},
+    ),
+    "lstm": (lambda: Seq(nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 3), "last"), (5, 3), {}),
+    "gru": (lambda: Seq(nn.GRU(3, 8, batch_first=True), nn.Linear(8, 3), "last"), (5, 3), {}),
+    "bilstm": (
+        lambda: Seq(nn.LSTM(3, 8, num_layers=2, bidirectional=True, batch_first=True), nn.Linear(16, 3), "last"),
+        (5, 3),
+        {},
+    ),
+    "attention": (lambda: Seq(Attention(), nn.Linear(8, 3), "mean"), (5, 8), {}),
+    "attention_kv": (lambda: Seq(Attention(kdim=8, vdim=8, bias=False), nn.Linear(8, 3), "mean"), (5, 8), {}),
+    "transformer": (
+        lambda: Seq(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), nn.Linear(8, 3), "mean"),
+        (5, 8),
+        {},
+    ),
+    "embedding": (lambda: Seq(nn.Embedding(20, 8), nn.Linear(8, 3), "mean"), (5,), {"prune_embeddings": True}),
+    "tied": (Tied, (6,), {}),
+    "lazy": (lambda: nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 3)), (6,), {}),
+    "head_first": (HeadFirst, (6,), {}),
+    "weight_norm": (
+        lambda: nn.Sequential(parametrizations.weight_norm(nn.Linear(6, 8)), nn.ReLU(), nn.Linear(8, 3)),
+        (6,),
+        {},
+    ),
+    "torch_pruned": (_torch_pruned, (6,), {}),
+    "raw_parameter": (Raw, (6,), {"prunable": ("kernel",)}),
+}
+
+
+def _data(shape, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 20, (n, *shape), generator=g) if shape == (5,) else torch.randn(n, *shape, generator=g)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize("kind", sorted(ZOO))
+def test_imp_on_every_module_kind(kind, tmp_path):
+    build, shape, opts = ZOO[kind]
+    torch.manual_seed(0)
+    model = build()
+    train, test = _data(shape, 64, 1), _data(shape, 32, 2)
+    search = find_ticket(model, train, test, out=tmp_path, device="cpu", **OPTS, **opts)
+    run = search.run
+    masks = [M.load_mask(run.level(0, level).mask) for level in range(3)]
+    level0 = masks[0]
+    # masks only shrink, and level L keeps round(n * 0.5^L) of each tensor's n weights alive at level 0
+    for level in (1, 2):
+        assert M.is_subset(masks[level], masks[level - 1])
+        for name, m in masks[level].items():
+            assert int(m.sum()) == round(int(level0[name].sum()) * 0.5**level), name
+    # everything with a weight matrix is pruned: only biases, norms, original0 (weight norm's g) and positions left
+    params = dict(model.named_parameters()) if kind not in ("torch_pruned", "lazy") else None
+    if params is not None:
+        left = [n for n in params if n not in level0]
+        assert all(n.rpartition(".")[2].startswith(("bias", "original0")) or "norm" in n for n in left), left
+    # exact zeros after training, in the trained weights and in what the layers compute from them
+    trained = load_tensors(run.job(0, 2, "ticket").final)
+    for name, m in masks[2].items():
+        assert bool((trained[name][~m] == 0).all()), name
+    # the re-init baseline re-draws every random tensor of theta_0
+    theta0 = load_tensors(run.level(0, 0).init)
+    reinit = load_tensors(run.job(0, 1, "reinit").init)
+    for name, t in theta0.items():
+        if t.is_floating_point() and t.numel() > 1 and float(t.std()) > 0:
+            assert not torch.equal(t * masks[1].get(name, 1), reinit[name]), name
+
+
+@pytest.mark.parametrize(("how", "head"), [({"output_fraction": 0.1}, 39), ({"keep_dense": ("last",)}, 48)])
+def test_the_output_layer_is_the_one_the_forward_pass_ends_with(how, head, tmp_path):
+    """Issue 11, input 3: a head defined before the body it follows. Before: body.0 was taken for the output layer,
+    so the head was pruned to 25% and the body left dense."""
+    torch.manual_seed(0)
+    train, test = _data((6,), 64, 1), _data((6,), 32, 2)
+    search = find_ticket(HeadFirst(), train, test, out=tmp_path, device="cpu", **OPTS, **how)
+    assert int(search.ticket.mask["head.weight"].sum()) == head  # of 48: round(48 * 0.9^2), or dense
+    assert int(search.ticket.mask["body.0.weight"].sum()) == 24  # round(96 * 0.25)
+    for kind, output in (("tied", "out.weight"), ("raw_parameter", "kernel")):
+        build, shape, opts = ZOO[kind]
+        model = build()
+        names = prunable_names(model, patterns=opts.get("prunable", ()))
+        assert output_layer_name(model, _data(shape, 2, 0)[0], names) == output
+
+
+def test_a_torch_pruned_layer_starts_from_its_imported_mask(tmp_path):
+    torch.manual_seed(0)
+    model = _torch_pruned()
+    imported = model[0].weight_mask.bool().clone()
+    train, test = _data((6,), 64, 1), _data((6,), 32, 2)
+    search = find_ticket(model, train, test, out=tmp_path, device="cpu", **OPTS)
+    level0 = M.load_mask(search.run.level(0, 0).mask)
+    assert torch.equal(level0["0.weight"], imported) and bool(level0["2.weight"].all())
+    assert int(search.ticket.mask["0.weight"].sum()) == round(int(imported.sum()) * 0.25)
+    assert M.is_subset(search.ticket.mask, level0)
