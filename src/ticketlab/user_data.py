@@ -38,7 +38,7 @@ def tensors_from(source, name: str = "data") -> Split:
         return source
     if isinstance(source, Mapping):
         x, y = _from_dict(source, name)
-    elif isinstance(source, (tuple, list)) and len(source) == 2 and all(_array_like(t) for t in source):
+    elif isinstance(source, (tuple, list)) and len(source) == 2 and not any(_batch_like(t) for t in source):
         x, y = (_as_tensor(t, name) for t in source)
     else:
         x, y = _read_batches(source, name)
@@ -138,8 +138,9 @@ def _from_dict(batch: Mapping, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return found[0], found[1]
 
 
-def _array_like(t) -> bool:
-    return torch.is_tensor(t) or isinstance(t, np.ndarray)
+def _batch_like(t) -> bool:
+    """Whether ``t`` reads as a batch (a tuple, list or dict), not as an array of x or y."""
+    return isinstance(t, (tuple, list, Mapping))
 
 
 def _as_tensor(t, name: str) -> torch.Tensor:

@@ -6,7 +6,6 @@ arguments, and returns an ``nn.Module``; it never moves the model to a device.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable
 
@@ -153,28 +152,28 @@ def redraw(model: nn.Module, seed: int) -> list[str]:
 
 
 def _reset(module: nn.Module, method: str, drawn: set[int]) -> None:
-    """Run ``module``'s own reset; a parametrised one's on a plain copy, assigned back through its parametrisations."""
+    """Run ``module``'s own reset; a parametrised one's on a plain twin, assigned back through its parametrisations."""
     if not parametrize.is_parametrized(module):
         getattr(module, method)()
         drawn.update(id(p) for p in module.parameters(recurse=False))
         return
-    plain = copy.deepcopy(module)  # draws nothing; its reset then draws what the module's own would
-    for name in list(plain.parametrizations):
-        parametrize.remove_parametrizations(plain, name, leave_parametrized=True)
+    # The twin is the module's own class, sharing its other parameters and buffers (so those are re-drawn in
+    # place), with each parametrised tensor as a plain parameter. (remove_parametrizations on a copy would edit the
+    # class the copy shares with the module.)
+    names = list(module.parametrizations)
+    plain = object.__new__(type(module).__bases__[0])
+    plain.__dict__.update(module.__dict__)
+    plain._modules = {k: v for k, v in module._modules.items() if k != "parametrizations"}
+    plain._parameters = {**module._parameters, **{n: nn.Parameter(getattr(module, n).detach().clone()) for n in names}}
     getattr(plain, method)()
+    drawn.update(id(p) for p in module.parameters(recurse=False))
     with torch.no_grad():
-        for name, value in plain.named_parameters(recurse=False):
-            if name in module.parametrizations:
-                try:
-                    setattr(module, name, value)  # through right_inverse, into the originals
-                except (NotImplementedError, RuntimeError, ValueError):
-                    continue  # a parametrisation that cannot be assigned: left as it is, and named
-                drawn.update(id(p) for p in module.parametrizations[name].parameters())
-            else:
-                getattr(module, name).copy_(value)
-                drawn.add(id(getattr(module, name)))
-        for name, value in plain.named_buffers(recurse=False):
-            getattr(module, name).copy_(value)
+        for name in names:
+            try:
+                setattr(module, name, plain._parameters[name].detach())  # through right_inverse, into the originals
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # a parametrisation that cannot be assigned: left as it is, and named
+            drawn.update(id(p) for p in module.parametrizations[name].parameters())
 
 
 def _constant(t: torch.Tensor) -> bool:
