@@ -30,10 +30,15 @@ _EXPECTED = "expected (x, y) tensors or NumPy arrays, a dict of them, or an iter
 
 
 def tensors_from(source, name: str = "data") -> Split:
-    """A :class:`Split` from the caller's data (the module's rules): ``(x, y)`` tensors or NumPy arrays, x (N, ...)
-    and y (N,) class ids; a dict with x and y under the documented keys; or any iterable of such batches (e.g. a
-    DataLoader, read once into memory). x comes out float32 or int64, y int64. TicketlabError, naming ``name``,
-    for anything else."""
+    """A :class:`Split` from the caller's data: ``(x, y)`` tensors or NumPy arrays, x (N, ...) and y (N,) class
+    ids; a dict with x under one of :data:`X_KEYS` and y under one of :data:`Y_KEYS`; or any iterable of such
+    batches, tuples, lists or dicts (e.g. a DataLoader, read once into memory; single examples are stacked).
+
+    Inputs by dtype: floating point -> float32; integer of any width, uint8 included -> int64, values as given
+    (token ids; images are not rescaled: pass ``x.float() / 255``); bool -> float32; complex or anything else ->
+    TicketlabError. Labels -> int64: integers, or floats that are whole numbers; fractional floats, one-hot (N, C)
+    and (N, 1) labels are refused with the fix. Every refusal is one TicketlabError line naming ``name``.
+    """
     if isinstance(source, Split):
         return source
     if isinstance(source, Mapping):
@@ -72,11 +77,10 @@ def check_like(split: Split, train: Split, name: str) -> None:
     shape, want = tuple(split.x.shape[1:]), tuple(train.x.shape[1:])
     if shape != want:
         raise TicketlabError(f"{name}: examples have shape {shape} but the training examples have {want}")
-    if split.x.dtype != train.x.dtype:
-        kinds = {torch.int64: "integer", torch.float32: "floating-point"}
+    kind = lambda x: "floating-point" if x.is_floating_point() else "integer"  # noqa: E731
+    if kind(split.x) != kind(train.x):
         raise TicketlabError(
-            f"{name}: inputs are {kinds[split.x.dtype]} but the training inputs are {kinds[train.x.dtype]}; "
-            "give both the same kind"
+            f"{name}: inputs are {kind(split.x)} but the training inputs are {kind(train.x)}; give both the same kind"
         )
 
 
