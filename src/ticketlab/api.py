@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,8 @@ from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.problem import user_problem
 from ticketlab.rundir import RunDir, Ticket, level_count
-from ticketlab.user_data import fingerprint, tensors_from
+from ticketlab.training.objectives import CLASSIFICATION, Objective
+from ticketlab.user_data import check_labels, check_like, fingerprint, integer_hint, tensors_from
 
 
 @dataclass
@@ -33,7 +37,13 @@ class TicketSearch:
         return self.run.path
 
     def at(self, level: int, replicate: int = 0) -> Ticket:
-        """The ticket found at another level."""
+        """The ticket found at another level (TicketlabError for a level or replicate the run does not have)."""
+        cfg = self.run.config()
+        levels, replicates = level_count(cfg), cfg.imp.replicates
+        if not 0 <= level <= levels:
+            raise TicketlabError(f"no such level {level}: this run has levels 0..{levels}")
+        if not 0 <= replicate < replicates:
+            raise TicketlabError(f"no such replicate {replicate}: this run has replicates 0..{replicates - 1}")
         return self.run.ticket(level, replicate, self.ticket.mask[next(iter(self.ticket.mask))].device)
 
 
@@ -57,7 +67,7 @@ def _flat_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def find_ticket(
-    model: nn.Module,
+    model: nn.Module | Callable[[int], nn.Module],
     train,
     test,
     /,
@@ -67,45 +77,113 @@ def find_ticket(
     out: str | Path | None = None,
     device: str = "auto",
     progress: bool = False,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
     **options: Any,
 ) -> TicketSearch:
     """Run IMP on any ``nn.Module`` and return the ticket (mask + rewound weights) at the last level.
 
-    ``train`` / ``test`` / ``val`` are ``(x, y)`` tensors or NumPy arrays (y: integer class indices, shape (N,)),
-    or iterables of ``(x, y)`` batches such as a DataLoader (read once into memory). ``options`` are the config
-    fields by name, as on the command line: ``levels=5, fraction=0.2, steps="2ep", lr=1e-3, rewind="100it",
-    baselines=()``; an option naming a model or dataset is refused (TicketlabError), as is bad data.
-    The model's current weights are the original initialisation theta_0 (replicate 0). Results go to
-    ``out`` (a run directory, resumable), or to a temporary directory.
+    ``model``: an ``nn.Module``, whose current weights are theta_0 of replicate 0 (later replicates and the re-init
+    baseline re-draw it with each module's own ``reset_parameters``, PyTorch's default init), or a factory
+    ``seed -> nn.Module`` that replicate r calls with ``derive_seed(seed, r, "init")`` and the re-init baseline with
+    its own seed, so they get your init. Lazy modules are materialised by one forward pass on training examples.
+    ``train`` / ``test`` / ``val``: ``(x, y)`` tensors or NumPy arrays (x (N, ...), y (N,) class ids in [0, C), C
+    the model's output width), a dict of them, or iterables of tuple, list or dict batches such as a DataLoader
+    (read once into memory); the rules (dtypes, dict keys) are :mod:`ticketlab.user_data`'s. ``output_fn`` takes
+    the class scores (N, C) out of the model's output (default: the output if a tensor, the first element of a
+    tuple, the ``"logits"`` entry of a dict). ``options`` are the config fields by name, as on the command line:
+    ``levels=5, fraction=0.2, steps="2ep", lr=1e-3, rewind="100it", baselines=()``.
+
+    Results go to ``out`` (a run directory, resumable), or to a temporary directory that is removed when the
+    returned :class:`TicketSearch` (and its ``run``) is garbage-collected, or when the interpreter exits.
+    ``progress``: a live bar per job on stderr; without it nothing is printed but warnings. Every mistake (an
+    option naming a model or dataset, bad data or labels, a model that cannot take the data) is a TicketlabError,
+    before anything is trained.
     """
     base = config.to_dict() if config is not None else C.ExperimentConfig().to_dict()
     cfg = C.from_dict(C.merge(base, _flat_overrides(options)))
+    if not isinstance(model, nn.Module) and not callable(model):
+        raise TicketlabError(f"model must be an nn.Module or a factory (seed -> nn.Module), not {type(model).__name__}")
     dev = resolve_device(device)
     tr, te = tensors_from(train, "train"), tensors_from(test, "test")
+    check_like(te, tr, "test")
     if val is not None:
         if cfg.data.val_size:
             raise TicketlabError("give either val= data or the val_size option, not both")
         va = tensors_from(val, "val")
+        check_like(va, tr, "val")
     else:
         tr, va = split_validation(tr, cfg.data.val_size)
-    num_classes = int(max(tr.y.max(), te.y.max())) + 1
-    data = Dataset("user", tr, te, va, num_classes).to(dev)
+    objective = Objective(output=output_fn) if output_fn is not None else CLASSIFICATION
+    data = Dataset("user", tr, te, va, 0, objective=objective).to(dev)
+    problem = user_problem(model, data, cfg.imp.seed)
+    classes = _output_width(problem.init_model(0), data)
+    for split, name in ((tr, "train"), (te, "test"), (va, "val")):
+        if split is not None:
+            check_labels(split, name, classes)
+    _check_batch_norm(problem.init_model(0), cfg.train.batch_size)
     # A run directory belongs to these exact data: resuming with other data is refused.
     fingerprints = [fingerprint(tr), fingerprint(te), fingerprint(va) if va is not None else None]
-    problem = user_problem(model, data, cfg.imp.seed).with_identity(data=fingerprints)
+    problem = replace(problem, data=replace(data, num_classes=classes)).with_identity(data=fingerprints)
+    if output_fn is not None:
+        problem = problem.with_identity(output_fn=getattr(output_fn, "__qualname__", type(output_fn).__name__))
+    run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ticketlab-"))
+    try:
+        run = run_imp(cfg, problem, run_dir, progress=progress or None)  # None: not even a line per job
+        search = TicketSearch(run, run.results(cfg), run.ticket(level_count(cfg), 0, dev))
+    except BaseException:
+        if out is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if out is None:
+        # gone with the last reference to the search or its run (`find_ticket(...).run` keeps it), or at exit
+        weakref.finalize(search.run, shutil.rmtree, run_dir, ignore_errors=True)
+    return search
+
+
+def _output_width(model: nn.Module, data: Dataset) -> int:
+    """The number of class scores the model gives (C), from one forward pass on two training examples."""
+    x = data.train.inputs(slice(0, 2))
     with torch.no_grad():
         try:
-            scores = problem.init_model(0)(data.train.x[:2])
+            output = model.eval()(x)
         except Exception as e:  # noqa: BLE001 -- report a shape mismatch as the user's error
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TicketlabError(
-                f"the model cannot take the training inputs of shape {tuple(tr.x.shape[1:])}: {e}"
+                f"the model cannot take the training inputs of shape {tuple(x.shape[1:])}: {first}{integer_hint(x)}"
             ) from e
-    if not torch.is_tensor(scores) or scores.dim() != 2 or scores.shape[1] < num_classes:
+        try:
+            scores = data.objective.logits(output)
+        except TicketlabError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- the user's output_fn failing
+            raise TicketlabError(f"output_fn failed on the model's output: {e}") from e
+    if not torch.is_tensor(scores) or scores.dim() != 2 or scores.shape[0] != len(x):
         shape = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
         raise TicketlabError(
-            f"the model must return class scores of shape (N, classes) with at least {num_classes} classes (the "
-            f"labels go up to {num_classes - 1}); it returned {shape}"
+            f"the model must give class scores of shape (N, classes); for {len(x)} examples it gave {shape} "
+            "(pass output_fn= to pick them out of its output)"
         )
-    run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ticketlab-"))
-    run = run_imp(cfg, problem, run_dir, progress=progress)
-    return TicketSearch(run, run.results(cfg), run.ticket(level_count(cfg), 0, dev))
+    return scores.shape[1]
+
+
+def _check_batch_norm(model: nn.Module, batch_size: int) -> None:
+    """BatchNorm cannot normalise a training batch of one example (every batch has ``batch_size`` examples)."""
+    if batch_size >= 2:
+        return
+    norms = [name for name, m in model.named_modules() if isinstance(m, _BATCH_NORMS)]
+    if norms:
+        raise TicketlabError(
+            f"batch_size {batch_size} cannot train the BatchNorm layer {norms[0]!r}, which normalises over the "
+            "batch; use batch_size >= 2"
+        )
+
+
+_BATCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+)

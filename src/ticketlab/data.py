@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,13 +25,17 @@ from ticketlab.errors import TicketlabError
 from ticketlab.seeds import generator
 from ticketlab.store import atomic_write_bytes, cache_dir
 
+if TYPE_CHECKING:  # objectives import Split; the Dataset only carries one
+    from ticketlab.training.objectives import Objective
+
 
 @dataclass(frozen=True)
 class Split:
     """Inputs ``x`` (N, *input_shape) and labels ``y`` (N,) int64, on one device.
 
     ``x`` is float32 and ready to use, or uint8 images (N, C, H, W) with a per-channel affine map
-    ``scale``, ``shift`` (C, 1, 1) that :meth:`normalize` applies to a batch where it is used.
+    ``scale``, ``shift`` (C, 1, 1) that :meth:`normalize` applies to a batch where it is used, or (the Python
+    API's integer inputs, e.g. token ids) int64 used as it is.
     """
 
     x: torch.Tensor
@@ -67,6 +72,7 @@ class Dataset:
     val: Split | None
     num_classes: int
     augment: bool = False  # random crop (4-pixel padding) and horizontal flip of training batches
+    objective: Objective | None = None  # how training and scoring read the model's output; None: classification
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -113,7 +119,8 @@ def crop_flip(x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
 def batches(
     split: Split, batch_size: int, seed: int, start: int, stop: int, *, augment: bool = False
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(iteration, x, y)`` for iterations ``start <= it < stop``; ``x`` is normalised float32.
+    """Yield ``(iteration, x, y)`` for iterations ``start <= it < stop``; ``x`` is normalised float32 (integer
+    inputs pass as they are).
 
     Each epoch is a seeded permutation; the last partial batch is dropped so every epoch has
     ``len(split) // batch_size`` iterations. Starting at any ``start`` gives the same batches an

@@ -216,6 +216,7 @@ class Trunk:
             examples = Examples(
                 data.input_shape,
                 lambda: ((x, y) for _, x, y in batches(data.train, bs, seed, 0, cfg.prune.score_batches)),
+                data.objective,
             )
 
             def score(current: M.Mask) -> dict[str, torch.Tensor]:

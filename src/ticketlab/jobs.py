@@ -104,9 +104,10 @@ def finish(
 
 
 class Progress(Observer):
-    """A live bar per job on a terminal; one summary line per job otherwise."""
+    """A live bar per job on a terminal (``live``); one summary line per job otherwise; nothing when ``live`` is
+    None (the Python API's ``progress=False``)."""
 
-    def __init__(self, job: Job, mask: M.Mask, live: bool):
+    def __init__(self, job: Job, mask: M.Mask, live: bool | None):
         f = job.files
         density = 100 * M.density(mask)
         self.desc = f"rep {f.replicate} level {f.level:2d} {f.branch:<12} {density:6.2f}%"
@@ -143,6 +144,8 @@ class Progress(Observer):
         if self.bar is not None:
             self.bar.set_postfix_str(f"test acc {result.final_test_acc:.3f}")
             self.bar.close()
+            return
+        if self.live is None:
             return
         print(
             f"{self.desc}  test acc {result.final_test_acc:.4f}  (early-stop {result.best_test_acc:.4f} "

@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 from ticketlab.prunable import param_name
 from ticketlab.pruning.units import Unit, masked_param
+from ticketlab.training.objectives import CLASSIFICATION, Objective
 
 Scores = dict[str, torch.Tensor]
 NEEDS = ("ends", "model", "units")
@@ -170,10 +170,16 @@ def random(init, final, names, seed) -> Scores:
 @dataclass(frozen=True)
 class Examples:
     """What a data-driven score may read: ``batches()`` yields a few (inputs, labels) training batches;
-    ``input_shape`` (without the batch dimension) is all that SynFlow needs."""
+    ``input_shape`` (without the batch dimension) is all that SynFlow needs; ``objective`` reads the model's output
+    (its loss and class scores; None: classification)."""
 
     input_shape: tuple[int, ...]
     batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    objective: Objective | None = None
+
+    def loss(self, output, target: torch.Tensor) -> torch.Tensor:
+        """The mean loss of a batch from the model's ``output`` and its labels ``target`` (B,)."""
+        return (self.objective or CLASSIFICATION).loss(output, target)
 
 
 def _scoring_copy(model: nn.Module, mask: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> nn.Module:
@@ -198,7 +204,7 @@ def snip(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) ->
     net = _scoring_copy(model, mask)
     params = dict(net.named_parameters())
     for x, y in examples.batches():
-        F.cross_entropy(net(x).float(), y).backward()
+        examples.loss(net(x), y).backward()
     return {n: (params[n].grad * params[n]).abs().detach() for n in mask}
 
 
@@ -215,11 +221,11 @@ def grasp(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) -
     weights = [params[n] for n in names]
     g = [torch.zeros_like(w) for w in weights]
     for x, y in examples.batches():
-        grads = torch.autograd.grad(F.cross_entropy(net(x).float(), y), weights)
+        grads = torch.autograd.grad(examples.loss(net(x), y), weights)
         g = [a + b * mask[n].to(b.device) for a, b, n in zip(g, grads, names)]
     hg = [torch.zeros_like(w) for w in weights]
     for x, y in examples.batches():  # H g = d(g . grad)/dw, one batch at a time (a Hessian-vector product)
-        grads = torch.autograd.grad(F.cross_entropy(net(x).float(), y), weights, create_graph=True)
+        grads = torch.autograd.grad(examples.loss(net(x), y), weights, create_graph=True)
         dot = sum((a.detach() * b).sum() for a, b in zip(g, grads))
         hg = [a + b for a, b in zip(hg, torch.autograd.grad(dot, weights))]
     return {n: (w * h).detach() for n, w, h in zip(names, weights, hg)}
@@ -237,7 +243,8 @@ def synflow(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples)
                 t.abs_()
     params = dict(net.named_parameters())
     device = next(iter(params.values())).device
-    net(torch.ones(1, *examples.input_shape, dtype=torch.float64, device=device)).sum().backward()
+    output = net(torch.ones(1, *examples.input_shape, dtype=torch.float64, device=device))
+    (examples.objective or CLASSIFICATION).logits(output).sum().backward()
     return {n: (params[n].grad * params[n]).abs().detach() for n in mask}
 
 

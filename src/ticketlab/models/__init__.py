@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ticketlab.errors import TicketlabError
 from ticketlab.prunable import LAYERS, NORM_LAYERS
@@ -91,19 +92,13 @@ def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
     """Re-initialise every linear/conv layer in place, deterministically from ``seed``.
 
     ``glorot_normal`` is the LTH paper's Gaussian Glorot init; biases start at zero for the named
-    schemes. ``default`` calls each module's own ``reset_parameters`` under the seed, which is what
-    is used for arbitrary user modules (parameters of modules without ``reset_parameters`` keep their values).
+    schemes. ``default`` re-draws every parameter with each module's own ``reset_parameters`` under the seed
+    (:func:`redraw`), which is what is used for arbitrary user modules.
     """
     if scheme not in INIT_SCHEMES:
         raise TicketlabError(f"unknown init {scheme!r}; known: {', '.join(INIT_SCHEMES)}")
     if scheme == "default":
-        # fork every RNG manual_seed touches (CUDA too), so the caller's random state is left as it was
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for m in model.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+        redraw(model, seed)
         return model
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -122,6 +117,68 @@ def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
             elif isinstance(m, NORM_LAYERS):
                 m.reset_parameters()
     return model
+
+
+def redraw(model: nn.Module, seed: int) -> list[str]:
+    """Re-draw every parameter of ``model`` in place, as its modules initialise themselves, deterministically from
+    ``seed`` (the caller's random state is left as it was). Returns the names of the parameters nothing re-drew.
+
+    Each module's own ``reset_parameters`` runs, parents before children (the order of ``model.modules()``); then
+    each ``_reset_parameters`` of a module without the former (``MultiheadAttention``, ``Transformer``), children
+    before parents, as their constructors run it after building their children. A parametrised tensor
+    (``torch.nn.utils.parametrize``) is drawn on a plain copy of its module and assigned, through the
+    parametrisation's ``right_inverse``. Not re-drawn: a parameter of a module with neither method (a raw
+    ``nn.Parameter`` used through ``F.linear``), one whose parametrisation cannot be assigned, and one a reset left
+    exactly as it was though it was not constant.
+    """
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    drawn: set[int] = set()  # ids of the parameters a module's reset re-drew
+    modules = list(model.modules())
+    # fork every RNG manual_seed touches (CUDA too), so the caller's random state is left as it was
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for m in modules:
+            if hasattr(m, "reset_parameters"):
+                _reset(m, "reset_parameters", drawn)
+        for m in reversed(modules):
+            if not hasattr(m, "reset_parameters") and hasattr(m, "_reset_parameters"):
+                _reset(m, "_reset_parameters", drawn)
+    return [
+        n
+        for n, p in model.named_parameters()
+        if id(p) not in drawn or (torch.equal(p, before[n]) and not _constant(before[n]))
+    ]
+
+
+def _reset(module: nn.Module, method: str, drawn: set[int]) -> None:
+    """Run ``module``'s own reset; a parametrised one's on a plain twin, assigned back through its parametrisations."""
+    if not parametrize.is_parametrized(module):
+        getattr(module, method)()
+        drawn.update(id(p) for p in module.parameters(recurse=False))
+        return
+    # The twin is the module's own class, sharing its other parameters and buffers (so those are re-drawn in
+    # place), with each parametrised tensor as a plain parameter. (remove_parametrizations on a copy would edit the
+    # class the copy shares with the module.)
+    names = list(module.parametrizations)
+    plain = object.__new__(type(module).__bases__[0])
+    plain.__dict__.update(module.__dict__)
+    plain._modules = {k: v for k, v in module._modules.items() if k != "parametrizations"}
+    plain._parameters = {**module._parameters, **{n: nn.Parameter(getattr(module, n).detach().clone()) for n in names}}
+    getattr(plain, method)()
+    drawn.update(id(p) for p in module.parameters(recurse=False))
+    with torch.no_grad():
+        for name in names:
+            try:
+                setattr(module, name, plain._parameters[name].detach())  # through right_inverse, into the originals
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # a parametrisation that cannot be assigned: left as it is, and named
+            drawn.update(id(p) for p in module.parametrizations[name].parameters())
+
+
+def _constant(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is the same (a reset to a constant cannot be told from no reset)."""
+    return t.numel() <= 1 or bool((t == t.flatten()[0]).all())
 
 
 from ticketlab.models import cnn1d, conv, mlp, resnet, vgg  # noqa: E402,F401 -- registers the factories

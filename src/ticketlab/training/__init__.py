@@ -176,16 +176,18 @@ def train(
     start: int = 0,
     until: int | None = None,
     observers: tuple[Observer, ...] | list[Observer] = (),
-    objective: Objective = CLASSIFICATION,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` in place from iteration ``start`` to the end of the schedule (or to ``until``, an
     iteration before it: the schedule stays the whole run's), keeping ``mask`` exact.
 
     The data order, augmentation and dropout draws at each iteration depend only on ``data_seed`` and the
     iteration, so training resumed at any ``start`` reproduces an uninterrupted run bit for bit.
-    Raises TicketlabError when the loss diverges.
+    ``objective``: the loss and accuracy (default: the data's, else classification). Raises TicketlabError when
+    the loss diverges.
     """
     t0 = time.perf_counter()
+    objective = objective or data.objective or CLASSIFICATION
     per_epoch = iterations_per_epoch(len(data.train), cfg.batch_size)
     schedule = Schedule.from_config(cfg, per_epoch)
     end = schedule.total if until is None else min(until, schedule.total)
