@@ -19,6 +19,7 @@ from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.problem import user_problem
+from ticketlab.prunable import adopt
 from ticketlab.rundir import RunDir, Ticket, level_count
 from ticketlab.training.objectives import CLASSIFICATION, Objective
 from ticketlab.user_data import check_labels, check_like, fingerprint, integer_hint, tensors_from
@@ -104,6 +105,7 @@ def find_ticket(
     if not isinstance(model, nn.Module) and not callable(model):
         raise TicketlabError(f"model must be an nn.Module or a factory (seed -> nn.Module), not {type(model).__name__}")
     dev = resolve_device(device)
+    model, imported = _adopted(model)
     tr, te = tensors_from(train, "train"), tensors_from(test, "test")
     check_like(te, tr, "test")
     if val is not None:
@@ -128,7 +130,9 @@ def find_ticket(
         problem = problem.with_identity(output_fn=getattr(output_fn, "__qualname__", type(output_fn).__name__))
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ticketlab-"))
     try:
-        run = run_imp(cfg, problem, run_dir, progress=progress or None)  # None: not even a line per job
+        run = run_imp(  # progress None: not even a line per job
+            cfg, problem, run_dir, progress=progress or None, quiet=not progress, start_mask=imported or None
+        )
         search = TicketSearch(run, run.results(cfg), run.ticket(level_count(cfg), 0, dev))
     except BaseException:
         if out is None:
@@ -138,6 +142,26 @@ def find_ticket(
         # gone with the last reference to the search or its run (`find_ticket(...).run` keeps it), or at exit
         weakref.finalize(search.run, shutil.rmtree, run_dir, ignore_errors=True)
     return search
+
+
+def _adopted(model: nn.Module | Callable[[int], nn.Module]):
+    """The model with layers pruned by torch.nn.utils.prune taken over, and their imported masks (the run's
+    starting mask); a factory's models must not be pruned that way (one mask per replicate is not a ticket)."""
+    if isinstance(model, nn.Module):
+        return adopt(model)
+    if not callable(model):
+        return model, {}
+
+    def factory(seed: int):
+        made = model(seed)
+        if isinstance(made, nn.Module) and adopt(made)[1]:
+            raise TicketlabError(
+                "the model factory returns a model pruned with torch.nn.utils.prune; pass one model instance "
+                "instead (its mask becomes the starting mask)"
+            )
+        return made
+
+    return factory, {}
 
 
 def _output_width(model: nn.Module, data: Dataset) -> int:

@@ -63,17 +63,26 @@ def run_imp(
     """Run (or resume) ``config`` on ``problem`` in ``run_dir``; writes and returns the run (its ``results.csv``
     holds one row per finished job).
 
-    ``start_mask``: level 0's mask instead of the full one (weights forbidden from the start, as the disjoint
-    tickets experiment does); iterative pruning only, since one-shot levels prune the full network.
+    ``start_mask``: level 0's mask instead of the full one, for some or all of the prunable tensors (weights
+    forbidden from the start, as the disjoint tickets experiment does, or a mask imported from
+    torch.nn.utils.prune); iterative pruning only, since one-shot levels prune the full network.
     ``executor``: what trains each list of independent jobs (level 0; then each level's ticket and baselines).
     The run starts with one line on stderr saying what is not pruned, unless ``quiet``."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     plan = make_plan(config, problem)  # every check a user can fail, before anything is written
     if start_mask is not None:
         if plan.from_dense:
-            raise TicketlabError("a starting mask needs iterative pruning (not --one-shot or --at-init)")
-        if sorted(start_mask) != sorted(plan.names) or plan.units is not None:
-            raise TicketlabError(f"a starting mask must cover exactly the prunable weights {plan.names}")
+            raise TicketlabError(
+                "a starting mask (a disjoint round, or a model pruned with torch.nn.utils.prune) needs iterative "
+                "pruning, not --one-shot or --at-init"
+            )
+        stray = sorted(set(start_mask) - set(plan.names))
+        if stray or plan.units is not None:
+            raise TicketlabError(
+                f"the starting mask covers {stray or 'units'}, which this run does not prune; prunable: {plan.names} "
+                "(biases are pruned with prune_biases, other tensors when --prunable names them)"
+            )
+        start_mask = {**full_mask(problem.init_model(0), plan), **start_mask}
         problem = problem.with_identity(start_mask=mask_digest(start_mask))
     if not quiet:
         print(f"ticketlab: {plan.coverage}", file=sys.stderr, flush=True)
