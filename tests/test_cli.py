@@ -20,6 +20,7 @@ COLUMNS = [
     "level",
     "branch",
     "density",
+    "effective_density",
     "final_test_acc",
     "best_test_acc",
     "early_stop_step",

@@ -206,7 +206,7 @@ def test_synflow_at_init_to_a_target_density_with_rounds(data, tmp_path):
     mask = _masks(tmp_path, [1])[0]
     assert M.count(mask) == M.size(mask) - round(0.98 * M.size(mask))
     assert [r["level"] for r in rows] == [0, 1]
-    assert collapse(registry_problem(cfg, data).init_model(0), mask, data.input_shape) == []
+    assert collapse(registry_problem(cfg, data).init_model(0), mask, data.train.inputs(slice(0, 1))) == []
 
 
 def test_at_init_refuses_criteria_that_need_training_before_writing_anything(data, tmp_path):

@@ -228,21 +228,21 @@ def test_collapse_detects_an_emptied_layer_and_a_cut_path():
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
     names = prunable_names(model)
     mask = M.full_mask(model, names)
-    assert collapse(model, mask, (4,)) == []
+    assert collapse(model, mask, torch.ones(1, 4)) == []
     # hidden unit 0 of layer 3 has no input, and the output layer reads only unit 0: cut, though no layer is empty
     cut = dict(mask, **{"3.weight": torch.tensor([[False] * 3, [True] * 3, [True] * 3])})
     cut["5.weight"] = torch.tensor([[True, False, False], [True, False, False]])
-    assert collapse(model, cut, (4,)) == ["no path from the input reaches any output"]
-    assert dead_outputs(model, cut, (4,)) == (2, 2)
+    assert collapse(model, cut, torch.ones(1, 4)) == ["no path from the input reaches any output"]
+    assert dead_outputs(model, cut, torch.ones(1, 4)) == (2, 2)
     # one output reachable: one dead, which is not collapse
     cut["5.weight"] = torch.tensor([[True, False, False], [False, True, False]])
-    assert dead_outputs(model, cut, (4,)) == (1, 2) and collapse(model, cut, (4,)) == []
+    assert dead_outputs(model, cut, torch.ones(1, 4)) == (1, 2) and collapse(model, cut, torch.ones(1, 4)) == []
     empty = dict(mask, **{"0.weight": torch.zeros(3, 4, dtype=torch.bool)})
-    assert collapse(model, empty, (4,))[0] == "0.weight has no weight left"
+    assert collapse(model, empty, torch.ones(1, 4))[0] == "0.weight has no weight left"
     assert "0.weight" in M.density_table(empty) and "0.0000%" in M.density_table(empty)
     # a bias (with --prune-biases) or a norm parameter emptied is no collapse: the weights still connect
     biases = dict(mask, **{"5.bias": torch.zeros(2, dtype=torch.bool), "1.weight": torch.zeros(3, dtype=torch.bool)})
-    assert collapse(model, biases, (4,)) == []
+    assert collapse(model, biases, torch.ones(1, 4)) == []
 
 
 def test_collapse_sees_paths_through_residual_connections():
@@ -252,9 +252,9 @@ def test_collapse_sees_paths_through_residual_connections():
     mask = M.full_mask(model, prunable_names(model))
     # emptying one block's conv leaves its identity shortcut: a layer collapses, the outputs stay connected
     mask["blocks.1.conv2.weight"] = torch.zeros_like(mask["blocks.1.conv2.weight"])
-    assert collapse(model, mask, (3, 8, 8)) == ["blocks.1.conv2.weight has no weight left"]
+    assert collapse(model, mask, torch.ones(1, 3, 8, 8)) == ["blocks.1.conv2.weight has no weight left"]
     mask["conv.weight"] = torch.zeros_like(mask["conv.weight"])  # the stem: nothing gets in
-    assert "no path from the input reaches any output" in collapse(model, mask, (3, 8, 8))
+    assert "no path from the input reaches any output" in collapse(model, mask, torch.ones(1, 3, 8, 8))
 
 
 def test_iterative_counts_follow_the_exact_ladder_even_on_tiny_layers():

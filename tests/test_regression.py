@@ -2,9 +2,11 @@
 
 The fixture (tests/fixtures/regression.json) holds, per command, the run directory's name (so the run hash, and
 with it every old run directory, still resolves), results.csv minus wall times, and a digest of every mask.
-Accuracies are compared exactly: same seed, same machine, same results.
+Accuracies are compared exactly: same seed, same machine, same results. Columns added since (effective_density)
+are not in the fixture: they are checked for their range instead.
 """
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -24,3 +26,6 @@ def test_results_and_masks_equal_those_of_main_before_the_restructuring(tmp_path
         assert produced[name]["run_dir"] == expected[name]["run_dir"], f"{name}: the run hash changed"
         assert produced[name]["rows"] == expected[name]["rows"], f"{name}: results.csv changed"
         assert produced[name]["masks"] == expected[name]["masks"], f"{name}: a mask changed"
+        with open(tmp_path / name / produced[name]["run_dir"] / "results.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and all(0 < float(r["effective_density"]) <= float(r["density"]) for r in rows), name

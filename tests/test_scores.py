@@ -183,9 +183,9 @@ def test_global_snip_collapses_a_layer_at_999_sparsity_and_synflow_keeps_every_l
     }
     for mask in masks.values():
         assert M.count(mask) == M.size(full) - round(0.999 * M.size(full))
-    assert "fc.0.weight has no weight left" in collapse(model, masks["snip"], (1, 28, 28))
-    assert collapse(model, masks["synflow"], (1, 28, 28)) == []
-    assert dead_outputs(model, masks["synflow"], (1, 28, 28)) == (0, 10)
+    assert "fc.0.weight has no weight left" in collapse(model, masks["snip"], torch.ones(1, 1, 28, 28))
+    assert collapse(model, masks["synflow"], torch.ones(1, 1, 28, 28)) == []
+    assert dead_outputs(model, masks["synflow"], torch.ones(1, 1, 28, 28)) == (0, 10)
 
 
 def test_synflow_on_a_deep_resnet_ranks_scores_beyond_float32_without_collapse():
@@ -201,7 +201,8 @@ def test_synflow_on_a_deep_resnet_ranks_scores_beyond_float32_without_collapse()
         lambda m: S.score("synflow", model=model, mask=m, examples=examples), full, [Group(tuple(names), 0.9)], 10
     )
     # ranked in float32, every score overflowed to inf and the first five conv layers were emptied
-    assert collapse(model, mask, (3, 8, 8)) == [] and dead_outputs(model, mask, (3, 8, 8)) == (0, 10)
+    example = torch.ones(1, 3, 8, 8)
+    assert collapse(model, mask, example) == [] and dead_outputs(model, mask, example) == (0, 10)
 
 
 # --- scores of whole neurons and filters, for structured pruning ---

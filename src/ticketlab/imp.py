@@ -258,7 +258,7 @@ def level_groups(
 
 def check_collapse(cfg: ExperimentConfig, problem: Problem, mask: M.Mask, where: str) -> None:
     """Layer collapse (a layer emptied, or outputs cut off from the input): warn, or refuse to go on."""
-    problems = collapse(problem.init_model(0), mask, problem.data.input_shape)
+    problems = collapse(problem.init_model(0), mask, problem.data.train.inputs(slice(0, 1)))
     if not problems:
         return
     text = f"layer collapse at {where}: {'; '.join(problems)}\n{M.density_table(mask)}"

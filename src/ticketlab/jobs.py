@@ -24,6 +24,7 @@ from ticketlab import masks as M
 from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset
 from ticketlab.problem import state_of
+from ticketlab.pruning.collapse import effective_density
 from ticketlab.rundir import JobFiles, RunDir
 from ticketlab.store import atomic_write_text, save_tensors, sha256_bytes, write_record
 from ticketlab.training import Observer, SaveAt, TrainResult, train
@@ -94,6 +95,7 @@ def finish(
         "branch": job.label or f.branch,
         **({"options": job.options} if job.options is not None else {}),
         "density": M.density(mask),
+        "effective_density": effective_density(model, mask, job.data.train.inputs(slice(0, 1))),
         "layer_densities": M.layer_densities(mask),
         **result.summary(),
         "files": files,

@@ -48,6 +48,7 @@ RESULT_COLUMNS = [
     "level",
     "branch",
     "density",
+    "effective_density",  # kept weights on some input-to-output path (absent from records made before it)
     "final_test_acc",
     "best_test_acc",
     "early_stop_step",

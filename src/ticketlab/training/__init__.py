@@ -26,7 +26,7 @@ from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset, batches, iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
-from ticketlab.pruning import add_slimming_grad
+from ticketlab.pruning.units import add_slimming_grad
 from ticketlab.training.objectives import CLASSIFICATION, Objective, evaluate
 
 __all__ = ["Observer", "SaveAt", "Schedule", "TrainResult", "MaskedParams", "evaluate", "make_optimizer", "train"]
