@@ -167,7 +167,6 @@ def test_input_5_a_float_model_given_integer_inputs_is_told_to_convert_them():
         find_ticket(_small(), images, (images[0][:40], images[1][:40]), **TINY)
 
 
-@pytest.mark.xfail(strict=True, reason="pruning/collapse.py feeds float64 ones to the model (issue 11, not this part)")
 def test_input_5_integer_token_ids_train_an_embedding_model():
     ids = torch.randint(0, 50, (200, 6), generator=G)
     labels = ids[:, 0] % 3
@@ -185,7 +184,6 @@ def test_input_8_lazy_modules_are_materialised_and_the_callers_model_is_left_laz
 
 
 @pytest.mark.parametrize("output", ["tuple", "dict"])
-@pytest.mark.xfail(strict=True, reason="pruning/collapse.py reads the output as a tensor (issue 11, not this part)")
 def test_input_9_a_model_returning_logits_and_hidden_runs_imp(output):
     search = find_ticket(WithHidden(output), TRAIN, TEST, **{**TINY, "criterion": "snip"})
     assert [r["level"] for r in search.rows] == [0, 1]

@@ -20,6 +20,7 @@ COLUMNS = [
     "level",
     "branch",
     "density",
+    "density_all",
     "effective_density",
     "final_test_acc",
     "best_test_acc",

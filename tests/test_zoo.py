@@ -155,7 +155,7 @@ def test_imp_on_every_module_kind(kind, tmp_path):
     params = dict(model.named_parameters()) if kind not in ("torch_pruned", "lazy") else None
     if params is not None:
         left = [n for n in params if n not in level0]
-        assert all(n.rpartition(".")[2].startswith(("bias", "original0")) or "norm" in n for n in left), left
+        assert all("bias" in n.rpartition(".")[2] or n.endswith("original0") or ".norm" in n for n in left), left
     # exact zeros after training, in the trained weights and in what the layers compute from them
     trained = load_tensors(run.job(0, 2, "ticket").final)
     for name, m in masks[2].items():
@@ -165,7 +165,8 @@ def test_imp_on_every_module_kind(kind, tmp_path):
     reinit = load_tensors(run.job(0, 1, "reinit").init)
     for name, t in theta0.items():
         if t.is_floating_point() and t.numel() > 1 and float(t.std()) > 0:
-            assert not torch.equal(t * masks[1].get(name, 1), reinit[name]), name
+            # a raw Parameter no module re-draws is kept, and named in a warning (checked in test_api)
+            assert torch.equal(t * masks[1].get(name, 1), reinit[name]) == (name == "kernel"), name
 
 
 @pytest.mark.parametrize(("how", "head"), [({"output_fraction": 0.1}, 39), ({"keep_dense": ("last",)}, 48)])

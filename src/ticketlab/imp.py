@@ -40,6 +40,7 @@ from ticketlab.rundir import RunDir, level_count
 from ticketlab.scores import Examples
 from ticketlab.seeds import derive_seed
 from ticketlab.store import load_tensors, tensor_digest
+from ticketlab.training.objectives import CLASSIFICATION
 
 
 def imp(config: ExperimentConfig, *, out: str | Path = "runs", device: str = "auto", progress: bool = False) -> RunDir:
@@ -258,7 +259,9 @@ def level_groups(
 
 def check_collapse(cfg: ExperimentConfig, problem: Problem, mask: M.Mask, where: str) -> None:
     """Layer collapse (a layer emptied, or outputs cut off from the input): warn, or refuse to go on."""
-    problems = collapse(problem.init_model(0), mask, problem.data.train.inputs(slice(0, 1)))
+    data = problem.data
+    logits = (data.objective or CLASSIFICATION).logits
+    problems = collapse(problem.init_model(0), mask, data.train.inputs(slice(0, 1)), logits)
     if not problems:
         return
     text = f"layer collapse at {where}: {'; '.join(problems)}\n{M.density_table(mask)}"

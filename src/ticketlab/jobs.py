@@ -24,10 +24,12 @@ from ticketlab import masks as M
 from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset
 from ticketlab.problem import state_of
+from ticketlab.prunable import density_all
 from ticketlab.pruning.collapse import effective_density
 from ticketlab.rundir import JobFiles, RunDir
 from ticketlab.store import atomic_write_text, save_tensors, sha256_bytes, write_record
 from ticketlab.training import Observer, SaveAt, TrainResult, train
+from ticketlab.training.objectives import CLASSIFICATION
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,10 @@ def finish(
         "branch": job.label or f.branch,
         **({"options": job.options} if job.options is not None else {}),
         "density": M.density(mask),
-        "effective_density": effective_density(model, mask, job.data.train.inputs(slice(0, 1))),
+        "density_all": density_all(model, mask),
+        "effective_density": effective_density(
+            model, mask, job.data.train.inputs(slice(0, 1)), (job.data.objective or CLASSIFICATION).logits
+        ),
         "layer_densities": M.layer_densities(mask),
         **result.summary(),
         "files": files,

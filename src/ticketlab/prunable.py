@@ -310,6 +310,12 @@ def not_pruned(model: nn.Module, names: Iterable[str]) -> tuple[int, int]:
     return kept_out, total
 
 
+def density_all(model: nn.Module, mask: dict[str, torch.Tensor]) -> float:
+    """Fraction of all the model's weights left: the mask's kept weights and every tensor it does not cover."""
+    out, total = not_pruned(model, mask)
+    return (out + sum(int(m.sum()) for m in mask.values())) / max(total, 1)
+
+
 def coverage_line(model: nn.Module, names: Iterable[str]) -> str:
     """One line saying what is not pruned: the count and share of all weights, and the largest tensors left."""
     names = list(names)

@@ -47,7 +47,8 @@ RESULT_COLUMNS = [
     "replicate",
     "level",
     "branch",
-    "density",
+    "density",  # over the pruned tensors
+    "density_all",  # over all of the model's weights (absent from records made before it)
     "effective_density",  # kept weights on some input-to-output path (absent from records made before it)
     "final_test_acc",
     "best_test_acc",
