@@ -85,10 +85,10 @@ def run_imp(
             )
         start_mask = {**full_mask(problem.init_model(0), plan), **start_mask}
         problem = problem.with_identity(start_mask=mask_digest(start_mask))
-    if not quiet:
-        print(f"ticketlab: {plan.coverage}", file=sys.stderr, flush=True)
     with run.lock():
         run.claim(config, problem.identity)
+        if not quiet:  # once the run is sure to start
+            print(f"ticketlab: {plan.coverage}", file=sys.stderr, flush=True)
         for replicate in range(config.imp.replicates):
             Trunk(config, problem, plan, run, replicate, progress, executor).run_replicate(start_mask)
         run.write_results(run.results(config))
