@@ -140,6 +140,33 @@ def test_synflow_golden_and_reads_no_data():
     assert scores["0.weight"].tolist() == [[2.0, 0.0], [3.0, 4.0]] and scores["2.weight"].tolist() == [[2.0, 7.0]]
 
 
+def test_synflow_on_token_inputs_flows_from_every_row_of_an_embedding():
+    """An all-ones input is every token at once: each position of the embedding carries its table's column sums.
+    R = sum_d |W_d| * 3 * sum_t |E_td| (3 positions, summed): score of E_td = 3 |W_d| |E_td|."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(4, 2), nn.Linear(2, 1, bias=False)
+            with torch.no_grad():
+                self.emb.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 1.0], [-1.0, 0.0], [2.0, 3.0]]))
+                self.fc.weight.copy_(torch.tensor([[2.0, -1.0]]))
+
+        def forward(self, x):
+            return self.fc(self.emb(x).sum(1))
+
+    model = Tokens()
+    examples = Examples((3,), lambda: iter(()), tokens=True)
+    scores = S.score("synflow", model=model, mask=_full_of(model, ["emb.weight", "fc.weight"]), examples=examples)
+    assert scores["emb.weight"].tolist() == [[6.0, 6.0], [3.0, 3.0], [6.0, 0.0], [12.0, 9.0]]
+    assert scores["fc.weight"].tolist() == [[2.0 * 3 * 4.5, 1.0 * 3 * 6.0]]
+
+
+def _full_of(model, names):
+    params = dict(model.named_parameters())
+    return {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
+
+
 @pytest.mark.parametrize("criterion", ["snip", "grasp", "synflow"])
 def test_scoring_leaves_the_model_and_its_batchnorm_statistics_as_they_were(criterion):
     torch.manual_seed(0)

@@ -227,6 +227,7 @@ class Trunk:
                 data.input_shape,
                 lambda: ((x, y) for _, x, y in batches(data.train, bs, seed, 0, cfg.prune.score_batches)),
                 data.objective,
+                tokens=not data.train.inputs(slice(0, 1)).is_floating_point(),
             )
 
             def score(current: M.Mask) -> dict[str, torch.Tensor]:

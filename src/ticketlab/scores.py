@@ -176,6 +176,7 @@ class Examples:
     input_shape: tuple[int, ...]
     batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
     objective: Objective | None = None
+    tokens: bool = False  # the inputs are integer ids (read by embeddings), not values
 
     def loss(self, output, target: torch.Tensor) -> torch.Tensor:
         """The mean loss of a batch from the model's ``output`` and its labels ``target`` (B,)."""
@@ -235,7 +236,8 @@ def grasp(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) -
 def synflow(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) -> Scores:
     """|w * dR/dw| (Tanaka et al. 2020), R the sum of the outputs of the network with every parameter and
     statistic replaced by its absolute value, fed an all-ones input: the synaptic flow through each weight.
-    Reads no data; in double precision, since R grows exponentially with depth (1e68 on a ResNet-56)."""
+    Reads no data; in double precision, since R grows exponentially with depth (1e68 on a ResNet-56). Token
+    inputs: an all-ones input is every token at once, so each embedding emits the sum of its table's rows."""
     net = _scoring_copy(model, mask, torch.float64)
     with torch.no_grad():
         for t in net.state_dict().values():
@@ -243,7 +245,15 @@ def synflow(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples)
                 t.abs_()
     params = dict(net.named_parameters())
     device = next(iter(params.values())).device
-    output = net(torch.ones(1, *examples.input_shape, dtype=torch.float64, device=device))
+    dtype = torch.long if examples.tokens else torch.float64
+    hooks = [
+        m.register_forward_hook(lambda m, i, out: m.weight.sum(0).expand_as(out))
+        for m in net.modules()
+        if examples.tokens and isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+    ]
+    output = net(torch.ones(1, *examples.input_shape, dtype=dtype, device=device))
+    for h in hooks:
+        h.remove()
     (examples.objective or CLASSIFICATION).logits(output).sum().backward()
     return {n: (params[n].grad * params[n]).abs().detach() for n in mask}
 
