@@ -67,11 +67,11 @@ def task(name: str):
     if name == "transformer":
         train, test = modular_sums()
         opts = dict(steps="600it", lr=2e-3, batch_size=64, optimizer="adam", fraction=0.37, levels=5)
-        return TokenTransformer(), train, test, opts
+        return TokenTransformer, train, test, opts  # a factory: every replicate draws its positions too
     data = load_configured(DataConfig(dataset="mnist1d"))
     train, test = (data.train.x, data.train.y), (data.test.x, data.test.y)
     opts = dict(steps="30ep", lr=5e-3, batch_size=100, optimizer="adam", fraction=0.37, levels=5)
-    return SequenceLSTM(), train, test, opts
+    return SequenceLSTM, train, test, opts
 
 
 def main() -> int:
@@ -81,14 +81,21 @@ def main() -> int:
     p.add_argument("--out", default="runs/sequence-tickets")
     args = p.parse_args()
     for name in ("transformer", "lstm") if args.which == "both" else (args.which,):
-        model, train, test, opts = task(name)
+        factory, train, test, opts = task(name)
         t0 = time.perf_counter()
+        # a factory (seed -> model): find_ticket seeds the global RNG with each replicate's seed before calling it
         search = find_ticket(
-            model, train, test, out=f"{args.out}/{name}", replicates=args.replicates, val_size=0,
-            baselines=("random_prune",), **opts,
-        )  # fmt: skip
+            lambda seed, make=factory: make(),
+            train,
+            test,
+            out=f"{args.out}/{name}",
+            replicates=args.replicates,
+            val_size=0,
+            baselines=("random_prune",),
+            **opts,
+        )
         wall = time.perf_counter() - t0
-        print(f"\n{name}: {type(model).__name__}, {args.replicates} replicates, {wall:.0f} s")
+        print(f"\n{name}: {factory.__name__}, {args.replicates} replicates, {wall:.0f} s")
         print("level  density  density_all  ticket acc (mean +- std)  random acc (mean +- std)  n")
         for level in range(opts["levels"] + 1):
             rows = [r for r in search.rows if int(r["level"]) == level]

@@ -2,8 +2,8 @@
 
 The fixture (tests/fixtures/regression.json) holds, per command, the run directory's name (so the run hash, and
 with it every old run directory, still resolves), results.csv minus wall times, and a digest of every mask.
-Accuracies are compared exactly: same seed, same machine, same results. Columns added since (density_all, effective_density)
-are not in the fixture: they are checked for their range instead.
+Accuracies are compared exactly: same seed, same machine, same results. Columns added since (density_all,
+effective_density) are not in the fixture: they are checked for their range instead.
 """
 
 import csv

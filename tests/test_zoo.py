@@ -195,3 +195,56 @@ def test_a_torch_pruned_layer_starts_from_its_imported_mask(tmp_path):
     assert torch.equal(level0["0.weight"], imported) and bool(level0["2.weight"].all())
     assert int(search.ticket.mask["0.weight"].sum()) == round(int(imported.sum()) * 0.25)
     assert M.is_subset(search.ticket.mask, level0)
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        (ZOO["conv_transpose"][0], (1, 8, 8)),
+        (lambda: Seq(nn.LSTM(4, 32, batch_first=True), nn.Linear(32, 3), "last"), (5, 4)),
+        (lambda: Seq(Attention(), nn.Linear(8, 3), "mean"), (5, 8)),
+    ],
+)
+def test_density_over_all_weights_counts_every_weight(build, shape, tmp_path):
+    """Issue 11, input 4: a ConvTranspose, an LSTM and attention weights were left dense and outside the density
+    (reported 25% of weights left; true 52%, 97%, 76%). Now they are pruned, and density_all counts everything."""
+    torch.manual_seed(0)
+    model = build()
+    search = find_ticket(model, _data(shape, 64, 1), _data(shape, 32, 2), out=tmp_path, device="cpu",
+                         **{**OPTS, "levels": 1, "fraction": 0.75, "baselines": ()})  # fmt: skip
+    params = dict(model.named_parameters())
+    mask = search.ticket.mask
+    kept = sum(int(m.sum()) for m in mask.values()) + sum(p.numel() for n, p in params.items() if n not in mask)
+    row = search.rows[-1]
+    assert row["density_all"] == pytest.approx(kept / sum(p.numel() for p in params.values()), abs=1e-12)
+    assert row["density"] == pytest.approx(0.25, abs=1e-3) and row["density_all"] < 0.35
+
+
+def test_an_embedding_with_a_negative_row_is_not_taken_for_a_collapse(tmp_path):
+    """Issue 11, input 6: nothing pruned, one embedding row negative: "no path from the input reaches any output"
+    stopped the run under on_collapse='refuse' (the check fed an all-ones input through signed weights)."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(20, 8), nn.Linear(8, 3)
+            with torch.no_grad():
+                self.emb.weight[1] = -self.emb.weight[1].abs() - 0.1
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.emb(x)).mean(1))
+
+    torch.manual_seed(0)
+    train, test = _data((5,), 64, 1), _data((5,), 32, 2)
+    search = find_ticket(Tokens(), train, test, out=tmp_path, device="cpu", on_collapse="refuse",
+                         **{**OPTS, "levels": 1, "fraction": 1e-4, "baselines": ()})  # fmt: skip
+    assert [r["effective_density"] for r in search.rows] == [1.0, 1.0]
+
+
+def test_a_six_weight_layer_follows_the_ladder_to_two(tmp_path):
+    """Issue 11, input 7: 10% per level for 11 levels kept 5 of 6 weights (each level's cut rounded to 0)."""
+    torch.manual_seed(0)
+    search = find_ticket(nn.Linear(2, 3), _data((2,), 64, 1), _data((2,), 32, 2), out=tmp_path, device="cpu",
+                         **{**OPTS, "levels": 11, "fraction": 0.1, "baselines": (), "steps": "2it"})  # fmt: skip
+    kept = [int(search.at(level).mask["weight"].sum()) for level in range(12)]
+    assert kept == [round(6 * 0.9**level) for level in range(12)] and kept[-1] == 2
