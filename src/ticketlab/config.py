@@ -28,6 +28,7 @@ from ticketlab.config_fields import (
     set_steps,
     short_repr,
 )
+from ticketlab.config_fields import merge as merge  # offered here too, as C.merge
 from ticketlab.errors import TicketlabError
 from ticketlab.steps import Step
 
@@ -395,13 +396,3 @@ def from_dict(d: dict[str, Any]) -> ExperimentConfig:
             kwargs[name] = value
         built[section] = _SECTION_TYPES[section](**kwargs)
     return ExperimentConfig(**built)
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Section-wise merge of two nested config mappings (override wins)."""
-    out = {s: dict(base.get(s) or {}) for s in set(base) | set(override)}
-    for section, values in override.items():
-        if not isinstance(values, dict):
-            raise TicketlabError(f"config section {short_repr(section)} must be a mapping")
-        out[section].update(values)
-    return out

@@ -109,3 +109,13 @@ def coerce(tp: Any, where: str, value: Any) -> Any:
         return tp(value)
     except (TypeError, ValueError, OverflowError):
         raise TicketlabError(f"{where}: cannot read {short_repr(value)} as {getattr(tp, '__name__', tp)}") from None
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Section-wise merge of two nested config mappings (override wins)."""
+    out = {s: dict(base.get(s) or {}) for s in set(base) | set(override)}
+    for section, values in override.items():
+        if not isinstance(values, dict):
+            raise TicketlabError(f"config section {short_repr(section)} must be a mapping")
+        out[section].update(values)
+    return out
