@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 from torch.nn.utils import prune as torch_prune
 
-from ticketlab import find_ticket
+from ticketlab import TicketlabError, find_ticket
 from ticketlab import masks as M
 from ticketlab.prunable import output_layer_name, prunable_names
 from ticketlab.store import load_tensors
@@ -248,3 +248,67 @@ def test_a_six_weight_layer_follows_the_ladder_to_two(tmp_path):
                          **{**OPTS, "levels": 11, "fraction": 0.1, "baselines": (), "steps": "2it"})  # fmt: skip
     kept = [int(search.at(level).mask["weight"].sum()) for level in range(12)]
     assert kept == [round(6 * 0.9**level) for level in range(12)] and kept[-1] == 2
+
+
+def test_output_fn_is_what_finds_the_output_layer(tmp_path):
+    class HiddenFirst(nn.Module):
+        """Returns (hidden, scores): the scores come from `head`, which output_fn picks."""
+
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return h, self.head(h)
+
+    torch.manual_seed(0)
+    opts = {**OPTS, "levels": 1, "baselines": (), "keep_dense": ("last",)}
+    train, test = _data((6,), 64, 1), _data((6,), 32, 2)
+    search = find_ticket(HiddenFirst(), train, test, out=tmp_path, device="cpu", output_fn=lambda out: out[1], **opts)
+    assert bool(search.ticket.mask["head.weight"].all()) and int(search.ticket.mask["body.weight"].sum()) == 24
+
+
+def test_a_weight_normed_output_pruned_whole_is_refused_not_trained_on_nan(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(parametrizations.weight_norm(nn.Linear(3, 8)), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(TicketlabError, match="every weight of .* output.* of the weight-normed 0"):
+        find_ticket(model, _data((3,), 64, 1), _data((3,), 32, 2), out=tmp_path, device="cpu",
+                    **{**OPTS, "levels": 2, "fraction": 0.75, "baselines": ()})  # fmt: skip
+
+
+def test_what_ticketlab_cannot_take_is_refused_in_one_line(tmp_path):
+    train, test = _data((6,), 64, 1), _data((6,), 32, 2)
+    hooked = nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(6, 3)))  # deprecated: a deepcopy traceback before
+    with pytest.raises(TicketlabError, match="deprecated torch.nn.utils.weight_norm"):
+        find_ticket(hooked, train, test, **OPTS)
+    with pytest.raises(TicketlabError, match="called with one argument, the seed"):
+        find_ticket(nn.Linear, train, test, **OPTS)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(TicketlabError, match="is a file; give a directory"):
+        find_ticket(nn.Linear(6, 3), train, test, out=tmp_path / "file", **OPTS)
+    x = train[0].clone()
+    x[3, 2] = float("nan")
+    with pytest.raises(TicketlabError, match="train: inputs hold NaN"):
+        find_ticket(nn.Linear(6, 3), (x, train[1]), test, **OPTS)
+    search = find_ticket(nn.Linear(6, 3), train, test, **{**OPTS, "levels": 1})
+    with pytest.raises(TicketlabError, match="the ticket does not fit this model"):
+        search.ticket.load_into(nn.Linear(6, 4))
+
+
+def test_a_tied_ticket_handed_to_torch_pruning_stays_tied(tmp_path):
+    torch.manual_seed(0)
+    search = find_ticket(Tied(), _data((6,), 64, 1), _data((6,), 32, 2), out=tmp_path, device="cpu", **OPTS)
+    model = search.ticket.to_torch_pruning(Tied())
+    assert model.a.weight_orig is model.b.weight_orig
+    assert torch.equal(model.a.weight_mask, model.b.weight_mask) and torch.equal(model.a.weight, model.b.weight)
+    assert int((model.b.weight == 0).sum()) == 36 - int(search.ticket.mask["a.weight"].sum())
+
+
+def test_grasp_scores_attention_through_its_plain_kernel(tmp_path):
+    """GraSP needs second derivatives, which the fused attention kernels do not have (a traceback before)."""
+    torch.manual_seed(0)
+    build, shape, _ = ZOO["transformer"]
+    search = find_ticket(build(), _data(shape, 64, 1), _data(shape, 32, 2), out=tmp_path, device="cpu",
+                         mode="at-init", criterion="grasp", **{**OPTS, "levels": 1, "baselines": ()})  # fmt: skip
+    assert search.ticket.density == pytest.approx(0.5, abs=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import tempfile
 import weakref
@@ -19,7 +20,7 @@ from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.problem import user_problem
-from ticketlab.prunable import adopt
+from ticketlab.prunable import adopt, check_supported
 from ticketlab.rundir import RunDir, Ticket, level_count
 from ticketlab.training.objectives import CLASSIFICATION, Objective
 from ticketlab.user_data import check_labels, check_like, fingerprint, integer_hint, tensors_from
@@ -102,6 +103,8 @@ def find_ticket(
     """
     base = config.to_dict() if config is not None else C.ExperimentConfig().to_dict()
     cfg = C.from_dict(C.merge(base, _flat_overrides(options)))
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise TicketlabError(f"out={str(out)!r} is a file; give a directory (a new one, or a run directory to resume)")
     if not isinstance(model, nn.Module) and not callable(model):
         raise TicketlabError(f"model must be an nn.Module or a factory (seed -> nn.Module), not {type(model).__name__}")
     dev = resolve_device(device)
@@ -148,17 +151,30 @@ def _adopted(model: nn.Module | Callable[[int], nn.Module]):
     """The model with layers pruned by torch.nn.utils.prune taken over, and their imported masks (the run's
     starting mask); a factory's models must not be pruned that way (one mask per replicate is not a ticket)."""
     if isinstance(model, nn.Module):
-        return adopt(model)
+        adopted, masks = adopt(model)
+        check_supported(adopted)
+        return adopted, masks
     if not callable(model):
         return model, {}
+    try:
+        inspect.signature(model).bind(0)
+    except TypeError:
+        raise TicketlabError(
+            f"a model factory is called with one argument, the seed: {getattr(model, '__name__', model)!r} cannot "
+            "be (pass e.g. lambda seed: Net())"
+        ) from None
+    except ValueError:  # no signature to read (a builtin): let the call say
+        pass
 
     def factory(seed: int):
         made = model(seed)
-        if isinstance(made, nn.Module) and adopt(made)[1]:
-            raise TicketlabError(
-                "the model factory returns a model pruned with torch.nn.utils.prune; pass one model instance "
-                "instead (its mask becomes the starting mask)"
-            )
+        if isinstance(made, nn.Module):
+            if adopt(made)[1]:
+                raise TicketlabError(
+                    "the model factory returns a model pruned with torch.nn.utils.prune; pass one model instance "
+                    "instead (its mask becomes the starting mask)"
+                )
+            check_supported(made)
         return made
 
     return factory, {}

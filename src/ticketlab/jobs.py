@@ -24,7 +24,7 @@ from ticketlab import masks as M
 from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset
 from ticketlab.problem import state_of
-from ticketlab.prunable import density_all
+from ticketlab.prunable import check_zero_safe, density_all
 from ticketlab.pruning.collapse import effective_density
 from ticketlab.rundir import JobFiles, RunDir
 from ticketlab.store import atomic_write_text, save_tensors, sha256_bytes, write_record
@@ -65,6 +65,7 @@ def run_job(run: RunDir, job: Job, *, progress: bool = False) -> dict[str, Any]:
     """Train one job and write its outputs; its ``result.json`` is written last, so it exists only for a
     complete job. Returns the result record."""
     model, mask = job.build()
+    check_zero_safe(model, mask)  # a weight-normed row pruned whole would train on NaN
     files: dict[str, str] = {}
     init_file = job.init_file or job.files.init
     files[run.rel(init_file)] = save_tensors(init_file, state_of(model))

@@ -19,7 +19,7 @@ from ticketlab.data import iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.problem import Problem
 from ticketlab.pruning import Group, Unit, alive_units, expand, find_units, one_shot_groups, plan_groups, random_mask
-from ticketlab.training.objectives import logits_of
+from ticketlab.training.objectives import CLASSIFICATION
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def make_plan(cfg: ExperimentConfig, problem: Problem) -> Plan:
     S.get(p.criterion, at_init=mode == "at-init")  # a known criterion, that can score what it is given
     overrides = p.overrides()
     example = problem.data.train.inputs(slice(0, 2))
-    output = P.output_layer_name(model, example, names, logits_of)
+    output = P.output_layer_name(model, example, names, (problem.data.objective or CLASSIFICATION).logits)
     units = None
     pruned = names
     if p.units != "none":

@@ -169,6 +169,38 @@ def prunable_names(
     return names
 
 
+def check_supported(model: nn.Module) -> None:
+    """TicketlabError, in one line naming the layer and the fix, for what ticketlab cannot take over: the
+    deprecated hook-based weight norm, and layers pruned with torch.nn.utils.prune (see :func:`adopt`)."""
+    for mod_name, module in model.named_modules():
+        _refuse_hooked(module, mod_name)
+
+
+def check_zero_safe(model: nn.Module, mask: dict[str, torch.Tensor]) -> None:
+    """TicketlabError when ``mask`` prunes every weight of one output of a weight-normed layer: w = g v / |v| is
+    then 0 / 0 (NaN), whatever g is."""
+    for mod_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr in module.parametrizations:
+            plist = module.parametrizations[attr]
+            norms = [p for p in plist if type(p).__name__ == "_WeightNorm"]
+            name = param_name(mod_name, f"parametrizations.{attr}.original1")
+            if not norms or name not in mask:
+                continue
+            dim = norms[0].dim % mask[name].dim() if norms[0].dim is not None and norms[0].dim != -1 else None
+            if dim is None:
+                empty = int(not bool(mask[name].any()))
+            else:
+                empty = int((~mask[name].movedim(dim, 0).flatten(1).any(1)).sum())
+            if empty:
+                raise TicketlabError(
+                    f"the mask prunes every weight of {empty} output(s) of the weight-normed {mod_name or 'model'} "
+                    "(its weight g * v / |v| would be 0 / 0 there); keep the layer denser (layer_fractions, "
+                    "keep_dense) or remove weight norm first (torch.nn.utils.parametrize.remove_parametrizations)"
+                )
+
+
 def _refuse_hooked(module: nn.Module, mod_name: str) -> None:
     """torch.nn.utils.weight_norm (the deprecated, hook-based one) recomputes ``weight`` from weight_g and
     weight_v before each forward; nothing pruned on ``weight`` would stay pruned."""
@@ -365,9 +397,15 @@ def adopt(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 
 def to_torch_pruning(model: nn.Module, mask: dict[str, torch.Tensor]) -> nn.Module:
     """Attach ``mask`` to ``model`` as ``torch.nn.utils.prune`` masks (``custom_from_mask``), in place: each masked
-    tensor becomes ``<name>_orig`` and ``<name>_mask``, as if pruned by PyTorch itself. Returns the model."""
+    tensor becomes ``<name>_orig`` and ``<name>_mask``, as if pruned by PyTorch itself; a tied tensor is masked in
+    every module that holds it (which keeps sharing one ``_orig``). Returns the model."""
+    holders: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(name)
+    params = dict(model.named_parameters())
     for name, m in mask.items():
-        owner, _, attr = name.rpartition(".")
-        module = model.get_submodule(owner) if owner else model
-        torch_prune.custom_from_mask(module, attr, m.to(getattr(module, attr).device))
+        for held in holders[id(params[name])]:
+            owner, _, attr = held.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            torch_prune.custom_from_mask(module, attr, m.to(params[name].device))
     return model

@@ -359,15 +359,26 @@ class Ticket:
     state: dict[str, torch.Tensor]
 
     def load_into(self, model: nn.Module) -> nn.Module:
-        """Load the rewound weights into ``model`` and zero its pruned weights."""
-        model.load_state_dict(self.state)
+        """Load the rewound weights into ``model`` and zero its pruned weights; TicketlabError when the model is not
+        the one the ticket was found on."""
+        self._load(model)
         return M.apply_mask(model, self.mask)
 
     def to_torch_pruning(self, model: nn.Module) -> nn.Module:
         """Load the rewound weights into ``model`` and attach the mask as ``torch.nn.utils.prune`` masks
         (``weight_orig`` and ``weight_mask``, as PyTorch's own pruning leaves a layer), in place."""
-        model.load_state_dict(self.state)
+        self._load(model)
         return to_torch_pruning(model, self.mask)
+
+    def _load(self, model: nn.Module) -> None:
+        try:
+            model.load_state_dict(self.state)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise TicketlabError(
+                f"the ticket does not fit this model ({first}); load it into the architecture it was found on, "
+                "not pruned with torch.nn.utils.prune"
+            ) from None
 
 
 def load_ticket(run_dir: str | Path, level: int, replicate: int = 0, device: str | torch.device = "cpu") -> Ticket:

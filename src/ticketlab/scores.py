@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
@@ -225,10 +226,13 @@ def grasp(model: nn.Module, mask: dict[str, torch.Tensor], examples: Examples) -
         grads = torch.autograd.grad(examples.loss(net(x), y), weights)
         g = [a + b * mask[n].to(b.device) for a, b, n in zip(g, grads, names)]
     hg = [torch.zeros_like(w) for w in weights]
-    for x, y in examples.batches():  # H g = d(g . grad)/dw, one batch at a time (a Hessian-vector product)
-        grads = torch.autograd.grad(examples.loss(net(x), y), weights, create_graph=True)
-        dot = sum((a.detach() * b).sum() for a, b in zip(g, grads))
-        hg = [a + b for a, b in zip(hg, torch.autograd.grad(dot, weights))]
+    # H g = d(g . grad)/dw, one batch at a time (a Hessian-vector product); attention in its plain-math kernel,
+    # since the fused ones have no second derivative
+    with sdpa_kernel(SDPBackend.MATH):
+        for x, y in examples.batches():
+            grads = torch.autograd.grad(examples.loss(net(x), y), weights, create_graph=True)
+            dot = sum((a.detach() * b).sum() for a, b in zip(g, grads))
+            hg = [a + b for a, b in zip(hg, torch.autograd.grad(dot, weights))]
     return {n: (w * h).detach() for n, w, h in zip(names, weights, hg)}
 
 

@@ -161,7 +161,10 @@ def _as_tensor(t, name: str) -> torch.Tensor:
 def _inputs(x: torch.Tensor, name: str) -> torch.Tensor:
     """x by the dtype rule: floating and bool -> float32, integer -> int64; anything else refused."""
     if x.is_floating_point() or x.dtype == torch.bool:
-        return x.float()
+        x = x.float()
+        if not bool(torch.isfinite(x).all()):
+            raise TicketlabError(f"{name}: inputs hold NaN or infinite values; clean or drop those examples")
+        return x
     if not x.is_complex() and _is_integer(x.dtype):
         return x.long()
     raise TicketlabError(
