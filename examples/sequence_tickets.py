@@ -96,7 +96,7 @@ def main() -> int:
         )
         wall = time.perf_counter() - t0
         print(f"\n{name}: {factory.__name__}, {args.replicates} replicates, {wall:.0f} s")
-        print("level  density  density_all  ticket acc (mean +- std)  random acc (mean +- std)  n")
+        print("level  density  density_all  ticket final acc (mean +- std)  random final acc (mean +- std)  n")
         params = dict(factory().named_parameters())
         total = sum(p.numel() for p in params.values())
         for level in range(opts["levels"] + 1):
@@ -108,7 +108,9 @@ def main() -> int:
                 kept += sum(p.numel() for n, p in params.items() if n not in mask)
                 recorded = [x["density_all"] for x in rows if x["replicate"] == r and x["branch"] == "ticket"]
                 assert recorded == [kept / total], f"density_all {recorded} is not {kept}/{total}"
-            acc = {b: [float(r["best_test_acc"]) for r in rows if r["branch"] == b] for b in ("ticket", "random_prune")}
+            acc = {
+                b: [float(r["final_test_acc"]) for r in rows if r["branch"] == b] for b in ("ticket", "random_prune")
+            }
             first = rows[0]
             spread = {b: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for b, v in acc.items() if v}
             rnd = "{:.4f} +- {:.4f}".format(*spread["random_prune"]) if "random_prune" in spread else "-"
