@@ -20,7 +20,7 @@ from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.problem import user_problem
-from ticketlab.prunable import adopt, check_supported
+from ticketlab.prunable import BATCH_NORMS, adopt, check_supported
 from ticketlab.rundir import RunDir, Ticket, level_count
 from ticketlab.training.objectives import CLASSIFICATION, Objective
 from ticketlab.user_data import check_labels, check_like, fingerprint, integer_hint, tensors_from
@@ -218,12 +218,4 @@ def _check_batch_norm(model: nn.Module, batch_size: int) -> None:
         )
 
 
-_BATCH_NORMS = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.LazyBatchNorm1d,
-    nn.LazyBatchNorm2d,
-    nn.LazyBatchNorm3d,
-    nn.SyncBatchNorm,
-)
+_BATCH_NORMS = (*BATCH_NORMS, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
