@@ -26,7 +26,9 @@ TRAIN = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "step", "m
 def trunk(tmp_path_factory):
     run = tmp_path_factory.mktemp("trunk")
     cfg = tiny_config(train=TRAIN, imp={"levels": 2, "rewind": "10it", "baselines": ("reinit",)})
-    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), run)
+    # one job at a time: replaying a job alone (a branch of one level) then reproduces it bit for bit; batched
+    # jobs equal it to float tolerance (test_branch_levels_train_batched_like_one_by_one)
+    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), run, batch_jobs="off")
     return run
 
 
@@ -206,6 +208,18 @@ def test_transfer_changes_only_the_output_layer(trunk):
     assert all(torch.equal(t, ticket[n]) for n, t in load_tensors(job / "init.safetensors").items())
 
 
+def test_branch_levels_train_batched_like_one_by_one(trunk, tmp_path):
+    shutil.copytree(trunk, tmp_path / "off")
+    rows = run_branch(trunk, "rewind", levels=[1, 2], options={"to": "20it"}, batch_jobs="auto")
+    alone = run_branch(tmp_path / "off", "rewind", levels=[1, 2], options={"to": "20it"}, batch_jobs="off")
+    picked = [[r for r in rs if r["branch"].startswith("rewind[to=20it")] for rs in (rows, alone)]
+    assert [r["level"] for r in picked[0]] == [r["level"] for r in picked[1]] == [1, 2]
+    for a, b in zip(*picked):
+        assert abs(float(a["final_test_acc"]) - float(b["final_test_acc"])) <= 0.01
+    records = [read_json(p / "result.json") for p in trunk.glob("replicate_0/level_*/rewind-*")]
+    assert sorted(r["batched_with"] for r in records if "20it" in r["branch"]) == [2, 2]
+
+
 def test_rewind_to_another_step_replays_the_dense_training_bit_for_bit(trunk):
     # to the trunk's own k: theta_k reproduced exactly, so the branch is the ticket itself
     run_branch(trunk, "rewind", levels=[1], options={"to": "10it"})
@@ -330,7 +344,8 @@ def test_a_branch_never_trains_from_a_damaged_trunk_checkpoint_and_the_trunk_rep
     with pytest.raises(TicketlabError, match=r"run the `ticketlab imp` command .* again to repair"):
         run_branch(run, "lr_rewind", levels=[2], device="cpu")
     cfg = RunDir(run).config()
-    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), run)  # the trunk's command repairs it
+    # the trunk's command (with its --batch-jobs) repairs it
+    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), run, batch_jobs="off")
     capsys.readouterr()
     run_branch(run, "lr_rewind", levels=[2], device="cpu")
     clean = tmp_path / "clean"

@@ -25,14 +25,16 @@ def test_each_level_hands_its_ticket_and_baselines_to_the_executor_as_one_list(t
         [(1, "ticket", 0), (1, "reinit", 0), (1, "random_prune", 0)],
         [(2, "ticket", 0), (2, "reinit", 0), (2, "random_prune", 0)],
     ]
-    run_imp(cfg, registry_problem(cfg, data), tmp_path / "plain")
+    run_imp(cfg, registry_problem(cfg, data), tmp_path / "plain", batch_jobs="off")
     strip = [{k: v for k, v in row.items() if k != "wall_time_s"} for row in read_csv(tmp_path / "seen/results.csv")]
     plain = [{k: v for k, v in row.items() if k != "wall_time_s"} for row in read_csv(tmp_path / "plain/results.csv")]
     assert strip == plain
-    # resumed: nothing left to hand over
+    # resumed: the same lists are handed over (so batches form alike), and nothing is trained again
     batches.clear()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "seen").rglob("result.json")}
     run_imp(cfg, registry_problem(cfg, data), tmp_path / "seen", executor=recording)
-    assert batches == []
+    assert len(batches) == 3
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "seen").rglob("result.json")} == before
 
 
 def test_a_finished_job_records_every_file_it_wrote_and_what_it_was_made_from(tmp_path):

@@ -250,6 +250,9 @@ def test_a_run_killed_at_random_moments_resumes_to_the_same_bytes(tmp_path):
     whole, killed = kill_resume.the_run(tmp_path / "whole"), kill_resume.the_run(tmp_path / "killed")
     assert kill_resume.differences(whole, killed) == []
     assert len(kill_resume.comparable(whole)[0]) == 4 + 3 * 8  # level 0: 4 files; per level: 2 masks + 6 weights
+    # each level's three jobs trained as one batched pass (--batch-jobs auto), killed and resumed as such
+    level = next((tmp_path / "whole").glob("*/replicate_0/level_2"))
+    assert {read_record(level / b / "result.json")["batched_with"] for b in ("ticket", "reinit", "random_prune")} == {3}
 
 
 def test_a_tickets_mask_is_checked_when_the_ticket_is_loaded(reference, tmp_path):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ticketlab import config as C
+from ticketlab.batched import parse_setting
 from ticketlab.data import Dataset, split_validation
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
@@ -80,6 +81,7 @@ def find_ticket(
     device: str = "auto",
     progress: bool = False,
     output_fn: Callable[[Any], torch.Tensor] | None = None,
+    batch_jobs: str | int = "auto",
     **options: Any,
 ) -> TicketSearch:
     """Run IMP on any ``nn.Module`` and return the ticket (mask + rewound weights) at the last level.
@@ -97,10 +99,13 @@ def find_ticket(
 
     Results go to ``out`` (a run directory, resumable), or to a temporary directory that is removed when the
     returned :class:`TicketSearch` (and its ``run``) is garbage-collected, or when the interpreter exits.
-    ``progress``: a live bar per job on stderr; without it nothing is printed but warnings. Every mistake (an
+    ``progress``: a live bar per job on stderr; without it nothing is printed but warnings. ``batch_jobs``: train
+    a level's independent jobs (replicates, baselines) together where faster ("auto"), never ("off"), or at most
+    K at a time; results equal one-by-one training to float tolerance (:mod:`ticketlab.batched`). Every mistake (an
     option naming a model or dataset, bad data or labels, a model that cannot take the data) is a TicketlabError,
     before anything is trained.
     """
+    batch_jobs = parse_setting(batch_jobs)
     base = config.to_dict() if config is not None else C.ExperimentConfig().to_dict()
     cfg = C.from_dict(C.merge(base, _flat_overrides(options)))
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -134,7 +139,13 @@ def find_ticket(
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ticketlab-"))
     try:
         run = run_imp(  # progress None: not even a line per job
-            cfg, problem, run_dir, progress=progress or None, quiet=not progress, start_mask=imported or None
+            cfg,
+            problem,
+            run_dir,
+            progress=progress or None,
+            quiet=not progress,
+            start_mask=imported or None,
+            batch_jobs=batch_jobs,
         )
         search = TicketSearch(run, run.results(cfg), run.ticket(level_count(cfg), 0, dev))
     except BaseException:

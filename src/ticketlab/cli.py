@@ -68,6 +68,12 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument(
+        "--batch-jobs",
+        default="auto",
+        help="train a level's independent jobs together: auto (where faster), off, or at most K per pass "
+        "(default: auto)",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -104,6 +110,12 @@ def _branch_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("name", help="the branch")
     b.add_argument("--levels", help="comma-separated levels (default: every finished level)")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    b.add_argument(
+        "--batch-jobs",
+        default="auto",
+        help="train a level's independent jobs together: auto (where faster), off, or at most K per pass "
+        "(default: auto)",
+    )
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     b.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
     group = b.add_argument_group("branch options (each branch takes its own; NAME: what it means there)")
@@ -216,7 +228,7 @@ def config_from_args(args: argparse.Namespace) -> C.ExperimentConfig:
 def _imp(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    run = imp(cfg, out=args.out, device=args.device, progress=progress)
+    run = imp(cfg, out=args.out, device=args.device, progress=progress, batch_jobs=args.batch_jobs)
     rows = run.results(cfg, quiet=True)
     print(imp_table(rows, args.metric))
     png = imp_plot(rows, run.plot_file, args.metric, title=run.name)
@@ -234,7 +246,14 @@ def _criteria(args: argparse.Namespace) -> int:
     compare_criteria.configs(cfg, criteria, densities, args.mode)  # every check, before the first run starts
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     where, rows = compare_criteria.compare(
-        cfg, criteria, densities, mode=args.mode, out=args.out, device=args.device, progress=progress
+        cfg,
+        criteria,
+        densities,
+        mode=args.mode,
+        out=args.out,
+        device=args.device,
+        progress=progress,
+        batch_jobs=args.batch_jobs,
     )
     print(criteria_table(rows, args.metric))
     print(f"\ncomparison: {where / 'criteria.csv'}\nplot: {where / 'criteria.png'}")
@@ -249,7 +268,13 @@ def _branch(args: argparse.Namespace) -> int:
         raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     rows = B.run_branch(
-        Path(args.run_dir), args.name, levels=levels, options=options, device=args.device, progress=progress
+        Path(args.run_dir),
+        args.name,
+        levels=levels,
+        options=options,
+        device=args.device,
+        progress=progress,
+        batch_jobs=args.batch_jobs,
     )
     print(imp_table(rows, args.metric))
     print(f"\nresults: {Path(args.run_dir) / 'results.csv'}")
@@ -259,7 +284,15 @@ def _branch(args: argparse.Namespace) -> int:
 def _disjoint(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    where, rows = disjoint(cfg, args.tickets, exclude=args.exclude, out=args.out, device=args.device, progress=progress)
+    where, rows = disjoint(
+        cfg,
+        args.tickets,
+        exclude=args.exclude,
+        out=args.out,
+        device=args.device,
+        progress=progress,
+        batch_jobs=args.batch_jobs,
+    )
     print(disjoint_table(rows))
     print(f"\nrounds: {where / 'disjoint.csv'}")
     return 0

@@ -1,15 +1,17 @@
 """Iterative magnitude pruning with rewinding, and its baselines, as one resumable loop (the trunk).
 
-For each replicate: train the dense network (level 0), saving the weights at the rewind step k; then per level:
-prune the previous level's trained ticket (or, one-shot / at init, the dense network), rewind the survivors to
-step k and train them, beside the baselines (the ticket's mask on a new initialisation; a random mask at the
-ticket's densities). A level's jobs are listed, then handed to the executor. Every job and mask is recorded and
+Train the dense network (level 0) of every replicate, saving the weights at the rewind step k; then per level and
+replicate: prune the previous level's trained ticket (or, one-shot / at init, the dense network), rewind the
+survivors to step k and train them, beside the baselines (the ticket's mask on a new initialisation; a random mask
+at the ticket's densities). A level's jobs, over all replicates, are listed, then handed to the executor, which
+may train them together (:mod:`ticketlab.batched`). Every job and mask is recorded and
 verified in the run directory (:mod:`ticketlab.rundir`), so a killed or damaged run resumes where it stopped
 and, jobs being deterministic, ends with the same results.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 
 from ticketlab import masks as M
 from ticketlab import scores as S
+from ticketlab.batched import parse_setting
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import batches, load_configured
 from ticketlab.device import resolve_device
@@ -43,12 +46,20 @@ from ticketlab.store import load_tensors, tensor_digest
 from ticketlab.training.objectives import CLASSIFICATION
 
 
-def imp(config: ExperimentConfig, *, out: str | Path = "runs", device: str = "auto", progress: bool = False) -> RunDir:
+def imp(
+    config: ExperimentConfig,
+    *,
+    out: str | Path = "runs",
+    device: str = "auto",
+    progress: bool = False,
+    batch_jobs: str | int = "auto",
+) -> RunDir:
     """Run (or resume) the configured experiment in ``out/<model>-<dataset>-<hash>``; everything a user can get
-    wrong is checked before anything is written (TicketlabError)."""
+    wrong is checked before anything is written (TicketlabError). ``batch_jobs``: see :func:`run_imp`."""
+    parse_setting(batch_jobs)
     data = load_configured(config.data, resolve_device(device))
     run = RunDir(Path(out) / f"{config.model.model}-{config.data.dataset}-{config.run_hash()}")
-    return run_imp(config, registry_problem(config, data), run, progress=progress)
+    return run_imp(config, registry_problem(config, data), run, progress=progress, batch_jobs=batch_jobs)
 
 
 def run_imp(
@@ -58,7 +69,8 @@ def run_imp(
     *,
     progress: bool = False,
     start_mask: M.Mask | None = None,
-    executor: Executor = run_jobs,
+    executor: Executor | None = None,
+    batch_jobs: str | int = "auto",
     quiet: bool = False,
 ) -> RunDir:
     """Run (or resume) ``config`` on ``problem`` in ``run_dir``; writes and returns the run (its ``results.csv``
@@ -67,9 +79,12 @@ def run_imp(
     ``start_mask``: level 0's mask instead of the full one, for some or all of the prunable tensors (weights
     forbidden from the start, as the disjoint tickets experiment does, or a mask imported from
     torch.nn.utils.prune); iterative pruning only, since one-shot levels prune the full network.
-    ``executor``: what trains each list of independent jobs (level 0; then each level's ticket and baselines).
+    ``executor``: what trains each list of independent jobs (level 0 of every replicate; then each level's ticket
+    and baselines of every replicate); by default :func:`ticketlab.jobs.run_jobs` with ``batch_jobs`` ("auto",
+    "off" or K: how many jobs may train together, :mod:`ticketlab.batched`).
     The run starts with one line on stderr saying what is not pruned, unless ``quiet``."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    executor = executor or functools.partial(run_jobs, batch_jobs=parse_setting(batch_jobs))
     plan = make_plan(config, problem)  # every check a user can fail, before anything is written
     if start_mask is not None:
         if plan.from_dense:
@@ -89,8 +104,15 @@ def run_imp(
         run.claim(config, problem.identity)
         if not quiet:  # once the run is sure to start
             print(f"ticketlab: {plan.coverage}", file=sys.stderr, flush=True)
-        for replicate in range(config.imp.replicates):
-            Trunk(config, problem, plan, run, replicate, progress, executor).run_replicate(start_mask)
+        trunks = [Trunk(config, problem, plan, run, r) for r in range(config.imp.replicates)]
+        for t, record in zip(trunks, executor(run, [t.dense_job(start_mask) for t in trunks], progress=progress)):
+            t.begin(record)
+        for level in range(1, level_count(config) + 1):  # a level's jobs, over all replicates, in one list
+            jobs = [t.level_jobs(level) for t in trunks]
+            records = executor(run, [job for js in jobs for job in js], progress=progress)
+            for t, js in zip(trunks, jobs):
+                t.trained[level] = records[0]
+                records = records[len(js) :]
         run.write_results(run.results(config))
     return run
 
@@ -101,48 +123,36 @@ def mask_digest(mask: M.Mask) -> str:
 
 
 class Trunk:
-    """One replicate of the trunk: level 0, then per level the mask and the level's jobs."""
+    """One replicate of the trunk: level 0, then per level the mask and the level's jobs. The run trains each
+    level's jobs of every replicate together (one list for the executor, which may batch them)."""
 
-    def __init__(
-        self,
-        cfg: ExperimentConfig,
-        problem: Problem,
-        plan: Plan,
-        run: RunDir,
-        r: int,
-        progress: bool,
-        executor: Executor,
-    ):
-        self.cfg, self.problem, self.plan, self.run, self.r, self.progress = cfg, problem, plan, run, r, progress
-        self.executor = executor
+    def __init__(self, cfg: ExperimentConfig, problem: Problem, plan: Plan, run: RunDir, r: int):
+        self.cfg, self.problem, self.plan, self.run, self.r = cfg, problem, plan, run, r
         self.device = problem.data.train.x.device
         self.data_seed = derive_seed(cfg.imp.seed, r, "data")
+        self.trained: dict[int, dict] = {}  # the ticket's result record, by level
 
-    def run_replicate(self, start_mask: M.Mask | None) -> None:
-        run, r = self.run, self.r
-        level0 = run.level(r, 0)
-        dense = self.dense_job(start_mask)
-        trained = {0: run.finished(dense.files) or self.executor(run, [dense], progress=self.progress)[0]}
-        recorded = trained[0].get("files", {})  # ticketlab 0.1's records list no files
-        rewind = load_tensors(level0.rewind, self.device, sha256=recorded.get(run.rel(level0.rewind)))
-        level0_mask = self.level0_mask = M.load_mask(level0.mask, self.device)
-        mask = level0_mask
-        for level in range(1, level_count(self.cfg) + 1):
-            parent = level0_mask if self.plan.from_dense else mask
-            saved = run.level_mask(r, level, parent, self.device)
-            if saved is None:
-                new = self.next_mask(level, parent, rewind, trained[self.plan.source_level(level)], level0_mask)
-                check_collapse(self.cfg, self.problem, new, f"replicate {r} level {level}")
-                saved = new, run.save_level_mask(r, level, new)
-            mask, digest = saved
-            inputs = {"mask": digest, "start": recorded.get(run.rel(level0.rewind), "")}
-            jobs = self.level_jobs(level, mask, rewind, inputs)
-            records = {job.files.branch: run.finished(job.files, job.inputs) for job in jobs}
-            todo = [job for job in jobs if records[job.files.branch] is None]
-            if todo:
-                done = self.executor(run, todo, progress=self.progress)
-                records.update(zip((job.files.branch for job in todo), done))
-            trained[level] = records["ticket"]
+    def begin(self, dense: dict) -> None:
+        """Take level 0's record: load the rewind point and level 0's mask, which every level starts from."""
+        level0 = self.run.level(self.r, 0)
+        self.trained[0] = dense
+        recorded = dense.get("files", {})  # ticketlab 0.1's records list no files
+        self.rewind_digest = recorded.get(self.run.rel(level0.rewind), "")
+        self.rewind = load_tensors(level0.rewind, self.device, sha256=recorded.get(self.run.rel(level0.rewind)))
+        self.level0_mask = self.mask = M.load_mask(level0.mask, self.device)
+
+    def level_jobs(self, level: int) -> list[Job]:
+        """The jobs of ``level``: its mask (pruned now from the source level's ticket, or read back), then the
+        ticket and the configured baselines."""
+        parent = self.level0_mask if self.plan.from_dense else self.mask
+        saved = self.run.level_mask(self.r, level, parent, self.device)
+        if saved is None:
+            source = self.trained[self.plan.source_level(level)]
+            new = self.next_mask(level, parent, self.rewind, source, self.level0_mask)
+            check_collapse(self.cfg, self.problem, new, f"replicate {self.r} level {level}")
+            saved = new, self.run.save_level_mask(self.r, level, new)
+        self.mask, digest = saved
+        return self.jobs_of(level, self.mask, self.rewind, {"mask": digest, "start": self.rewind_digest})
 
     def dense_job(self, start_mask: M.Mask | None) -> Job:
         """Level 0: the dense network (without the forbidden weights of ``start_mask``), saving theta_0 and theta_k."""
@@ -156,7 +166,7 @@ class Trunk:
 
         return self._job(0, "ticket", build, init_file=level0.init, mask_file=level0.mask, rewind=self.plan.k)
 
-    def level_jobs(self, level: int, mask: M.Mask, rewind: State, inputs: dict[str, str]) -> list[Job]:
+    def jobs_of(self, level: int, mask: M.Mask, rewind: State, inputs: dict[str, str]) -> list[Job]:
         """The ticket of ``level`` (``mask`` on theta_k) and the configured baselines: independent jobs."""
         cfg, r, seed = self.cfg, self.r, self.cfg.imp.seed
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from torch import nn
 from tqdm import tqdm
 
+from ticketlab import batched as B
 from ticketlab import masks as M
 from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset
@@ -51,42 +52,134 @@ class Job:
 
 
 class Executor(Protocol):
-    """Runs a list of independent jobs of ``run`` and returns their result records, in the list's order."""
+    """Runs a list of independent jobs of ``run`` and returns their result records, in the list's order; jobs
+    already finished (and intact) are read back, not trained."""
 
-    def __call__(self, run: RunDir, jobs: Sequence[Job], *, progress: bool = False) -> list[dict[str, Any]]: ...
-
-
-def run_jobs(run: RunDir, jobs: Sequence[Job], *, progress: bool = False) -> list[dict[str, Any]]:
-    """The sequential executor: train each job in turn, in this process; returns their result records."""
-    return [run_job(run, job, progress=progress) for job in jobs]
+    def __call__(self, run: RunDir, jobs: Sequence[Job], *, progress: bool | None = False) -> list[dict[str, Any]]: ...
 
 
-def run_job(run: RunDir, job: Job, *, progress: bool = False) -> dict[str, Any]:
+def run_jobs(
+    run: RunDir, jobs: Sequence[Job], *, progress: bool | None = False, batch_jobs: str | int = "off"
+) -> list[dict[str, Any]]:
+    """Train the unfinished ``jobs`` of ``run`` in this process and return every job's result record.
+
+    ``batch_jobs`` ("auto", "off" or K, see :mod:`ticketlab.batched`): jobs with the same data, training config
+    and start step are trained together, in passes of at most K (evenly split). The passes are formed from the
+    whole list, finished jobs included, and a pass with any unfinished job is trained whole, writing only the
+    unfinished ones: a resumed run trains exactly the passes an uninterrupted one did, so it ends with the same
+    bytes. Jobs that cannot be batched train one by one (the reason said once, unless ``progress`` is None).
+    """
+    setting = B.parse_setting(batch_jobs)
+    records = [run.finished(job.files, job.inputs) for job in jobs]
+    for chunk in _passes(jobs, setting, progress):
+        if all(records[i] is not None for i in chunk):
+            continue
+        if len(chunk) == 1:
+            records[chunk[0]] = run_job(run, jobs[chunk[0]], progress=progress)
+            continue
+        done = run_batch(run, [jobs[i] for i in chunk], [records[i] is None for i in chunk], progress=progress)
+        for i, record in zip(chunk, done):
+            records[i] = records[i] or record
+    return records
+
+
+def _passes(jobs: Sequence[Job], setting: str | int, progress: bool | None) -> list[list[int]]:
+    """The jobs' indices, in passes: jobs that can be stacked (same data, training config, start, architecture)
+    in even chunks of at most the setting's size; each other job alone."""
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault((id(job.data), job.train, job.start), []).append(i)
+    passes: list[list[int]] = []
+    for members in groups.values():
+        size = 1
+        if len(members) > 1 and setting != "off":
+            model, _ = jobs[members[0]].build()
+            job = jobs[members[0]]
+            size = B.jobs_per_pass(setting, model, job.train, job.data.train.x.device)
+            why = B.unbatchable(model, job.train, job.data, job.data.objective or CLASSIFICATION) if size > 1 else None
+            if why is not None:
+                size = 1
+                if progress is not None:
+                    print(f"ticketlab: training jobs one by one: {why}", file=sys.stderr, flush=True)
+        count = -(-len(members) // size)  # passes of at most `size`, as even as can be
+        passes += [members[k * len(members) // count : (k + 1) * len(members) // count] for k in range(count)]
+    return sorted(passes)
+
+
+def run_job(run: RunDir, job: Job, *, progress: bool | None = False) -> dict[str, Any]:
     """Train one job and write its outputs; its ``result.json`` is written last, so it exists only for a
     complete job. Returns the result record."""
     model, mask = job.build()
+    files = _start_files(run, job, model, mask)
+    observers: list[Observer] = [Progress(job, mask, progress), *_rewind_saver(run, job, files)]
+    result = train(model, job.data, job.train, mask=mask, data_seed=job.data_seed, start=job.start, observers=observers)
+    return finish(run, job, model, mask, result, files)
+
+
+def run_batch(
+    run: RunDir, jobs: Sequence[Job], write: Sequence[bool], *, progress: bool | None = False
+) -> list[dict[str, Any] | None]:
+    """Train ``jobs`` together (:func:`ticketlab.batched.train_batched`) and write those marked in ``write``;
+    returns their result records (None for the others). Jobs whose networks turn out not to stack are trained
+    one by one instead."""
+    built = [job.build() for job in jobs]
+    if len({B.signature(model) for model, _ in built}) != 1:
+        return [run_job(run, job, progress=progress) if w else None for job, w in zip(jobs, write)]
+    files = [_start_files(run, job, model, mask) if w else {} for job, (model, mask), w in zip(jobs, built, write)]
+    observers = [
+        [Progress(job, mask, progress if w else None), *(_rewind_saver(run, job, f) if w else [])]
+        for job, (_, mask), w, f in zip(jobs, built, write, files)
+    ]
+    results = B.train_batched(
+        [model for model, _ in built],
+        jobs[0].data,
+        jobs[0].train,
+        masks=[mask for _, mask in built],
+        data_seeds=[job.data_seed for job in jobs],
+        start=jobs[0].start,
+        observers=observers,
+    )
+    return [
+        finish(run, job, model, mask, result, f, batched=len(jobs)) if w else None
+        for job, (model, mask), result, w, f in zip(jobs, built, results, write, files)
+    ]
+
+
+def _start_files(run: RunDir, job: Job, model: nn.Module, mask: M.Mask) -> dict[str, str]:
+    """Save a job's starting weights (and its own mask), before training; returns their SHA-256 by path."""
     check_zero_safe(model, mask)  # a weight-normed row pruned whole would train on NaN
     files: dict[str, str] = {}
     init_file = job.init_file or job.files.init
     files[run.rel(init_file)] = save_tensors(init_file, state_of(model))
     if job.mask_file is not None:
         files[run.rel(job.mask_file)] = M.save_mask(job.mask_file, mask)
-    observers: list[Observer] = [Progress(job, mask, progress)]
-    if job.rewind is not None:
-        k, path = job.rewind
+    return files
 
-        def save_rewind(m: nn.Module) -> None:
-            files[run.rel(path)] = save_tensors(path, state_of(m))
 
-        observers.append(SaveAt(k, save_rewind))
-    result = train(model, job.data, job.train, mask=mask, data_seed=job.data_seed, start=job.start, observers=observers)
-    return finish(run, job, model, mask, result, files)
+def _rewind_saver(run: RunDir, job: Job, files: dict[str, str]) -> list[Observer]:
+    """The observer saving the weights at the rewind step (level 0), into ``files``."""
+    if job.rewind is None:
+        return []
+    k, path = job.rewind
+
+    def save_rewind(m: nn.Module) -> None:
+        files[run.rel(path)] = save_tensors(path, state_of(m))
+
+    return [SaveAt(k, save_rewind)]
 
 
 def finish(
-    run: RunDir, job: Job, model: nn.Module, mask: M.Mask, result: TrainResult, files: dict[str, str]
+    run: RunDir,
+    job: Job,
+    model: nn.Module,
+    mask: M.Mask,
+    result: TrainResult,
+    files: dict[str, str],
+    *,
+    batched: int = 1,
 ) -> dict[str, Any]:
-    """Write a trained job's final weights, metrics and result record (with every file's SHA-256)."""
+    """Write a trained job's final weights, metrics and result record (with every file's SHA-256); ``batched``:
+    how many jobs it trained together with (itself included)."""
     f = job.files
     files[run.rel(f.final)] = save_tensors(f.final, state_of(model))
     metrics = "".join(json.dumps(row) + "\n" for row in result.metrics)
@@ -104,6 +197,7 @@ def finish(
         ),
         "layer_densities": M.layer_densities(mask),
         **result.summary(),
+        "batched_with": batched,
         "files": files,
         "inputs": job.inputs,
     }
@@ -138,6 +232,9 @@ class Progress(Observer):
             # short enough that the accuracy fits on an 80-column line
             bar_format="{desc} {bar:10} {n_fmt}/{total_fmt} {elapsed}<{remaining} {postfix}",
         )
+
+    def wants_model(self, step: int) -> bool:
+        return False
 
     def on_eval(self, step: int, row: dict[str, Any]) -> None:
         self.last_acc = row["test_acc"]

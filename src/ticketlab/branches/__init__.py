@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab import masks as M
+from ticketlab.batched import parse_setting
 from ticketlab.branches import baselines, perturb, rewinding, transfer  # noqa: F401 -- each registers its branches
 from ticketlab.branches.base import BRANCHES, Branch, BranchStart, Option, Start, register
 from ticketlab.branches.rewinding import dense_at
@@ -114,10 +115,13 @@ def run_branch(
     options: dict[str, Any] | None = None,
     device: str = "auto",
     progress: bool = False,
+    batch_jobs: str | int = "auto",
 ) -> list[dict[str, Any]]:
     """Run (or resume) branch ``name`` off finished levels of the IMP run in ``run_dir`` (every finished level
-    when ``levels`` is None) and return the rows of the updated ``results.csv``."""
+    when ``levels`` is None) and return the rows of the updated ``results.csv``. ``batch_jobs``: how many of the
+    branch's jobs (its levels, over replicates) may train together: "auto", "off" or K (:mod:`ticketlab.batched`)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    batch_jobs = parse_setting(batch_jobs)
     opts = parse_options(name, options or {})
     branch = get(name)
     saved = run.saved()
@@ -133,8 +137,8 @@ def run_branch(
     target, target_problem = (cfg, problem) if branch.target is None else branch.target(cfg, problem, plan, opts, dev)
     request = _Request(run, branch, opts, label(name, opts), cfg, problem, plan, target, target_problem)
     with run.lock():
-        jobs = [job for r in range(cfg.imp.replicates) for level in levels if (job := _branch_job(request, r, level))]
-        run_jobs(run, jobs, progress=progress)
+        jobs = [_branch_job(request, r, level) for r in range(cfg.imp.replicates) for level in levels]
+        run_jobs(run, jobs, progress=progress, batch_jobs=batch_jobs)
         rows = run.results(cfg)
         run.write_results(rows)
     return rows
@@ -159,8 +163,9 @@ def _levels(run: RunDir, cfg: ExperimentConfig, levels: list[int] | None) -> lis
     return levels
 
 
-def _branch_job(q: _Request, r: int, level: int) -> Job | None:
-    """The job of the branch at (replicate ``r``, ``level``), or None when it is done or its level is not."""
+def _branch_job(q: _Request, r: int, level: int) -> Job:
+    """The job of the branch at (replicate ``r``, ``level``), finished or not (the executor reads back finished
+    ones, and forms the same batches whatever is finished)."""
     files = q.run.job(r, level, _dirname(q.tag))
     try:  # the trunk's files: the branch cannot repair them, the trunk's own command can
         start, inputs = _start(q, r, level)
@@ -169,8 +174,6 @@ def _branch_job(q: _Request, r: int, level: int) -> Job | None:
             f"{e.path} is damaged or missing ({e.why}); run the `ticketlab imp` command that made {q.run.path} "
             "again to repair it, then this branch"
         ) from None
-    if q.run.finished(files, inputs) is not None:
-        return None
     begins = q.branch.fn(start, q.target_problem.fresh_model, **q.options)
 
     def build():

@@ -29,7 +29,17 @@ from ticketlab.masks import Mask
 from ticketlab.pruning.units import add_slimming_grad
 from ticketlab.training.objectives import CLASSIFICATION, Objective, evaluate
 
-__all__ = ["Observer", "SaveAt", "Schedule", "TrainResult", "MaskedParams", "evaluate", "make_optimizer", "train"]
+__all__ = [
+    "Observer",
+    "SaveAt",
+    "Schedule",
+    "TrainResult",
+    "MaskedParams",
+    "evaluate",
+    "make_optimizer",
+    "precision_context",
+    "train",
+]
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,11 @@ class Observer:
     def on_begin(self, model: nn.Module, start: int, end: int) -> None:
         pass
 
+    def wants_model(self, step: int) -> bool:
+        """Whether :meth:`on_step` at ``step`` reads the network (batched training writes a job's weights into its
+        network only then)."""
+        return True
+
     def on_step(self, step: int, model: nn.Module) -> None:
         pass
 
@@ -156,6 +171,9 @@ class SaveAt(Observer):
 
     def __init__(self, step: int, save: Callable[[nn.Module], None]):
         self.step, self.save = step, save
+
+    def wants_model(self, step: int) -> bool:
+        return step == self.step
 
     def on_begin(self, model: nn.Module, start: int, end: int) -> None:
         if start == self.step:
@@ -197,7 +215,7 @@ def train(
     optimizer = make_optimizer(list(model.parameters()), cfg)
     metrics: list[dict[str, Any]] = []
     running, seen = torch.zeros((), device=data.train.x.device), 0
-    precision = _precision(cfg, data.train.x.device)
+    precision = precision_context(cfg, data.train.x.device)
     memory_format = torch.channels_last if cfg.channels_last and len(data.input_shape) == 3 else None
     if memory_format is not None:
         model.to(memory_format=memory_format)
@@ -281,7 +299,7 @@ def _step_seed(data_seed: int, it: int) -> int:
     return (data_seed * 6_364_136_223_846_793_005 + it) % (2**63)
 
 
-def _precision(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def precision_context(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A context factory: bf16 autocast (matmuls and convs in bfloat16, the weights and optimizer in fp32)."""
     if cfg.precision == "bf16":
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
