@@ -135,3 +135,18 @@ def test_map_back_refuses_a_state_that_is_not_the_small_models():
     _, _, info = compact(model, mask, (8,))
     with pytest.raises(Exception, match="not in the compacted model"):
         info.full_state({"9.weight": torch.zeros(1)})
+
+
+def test_export_of_an_unstructured_ticket_saves_the_compacted_network(tmp_path):
+    from conftest import tiny_config  # noqa: I001
+
+    from ticketlab.data import load_dataset
+    from ticketlab.export import export_ticket, load_exported
+    from ticketlab.imp import run_imp
+    from ticketlab.problem import registry_problem
+
+    cfg = tiny_config(prune={"fraction": 0.7}, imp={"levels": 3, "baselines": ()})
+    run = run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), tmp_path / "run")
+    info = export_ticket(run.path, 3, tmp_path / "t.pt2")
+    assert info["params_after"] < info["params_before"]  # 2.7% of weights: dead units went
+    assert load_exported(tmp_path / "t.pt2") is not None

@@ -203,7 +203,7 @@ def compact(
         keep_rows, keep_cols = rows.get(name), cols.get(name)
         replace_module(small, name, slim_layer(modules[name], keep_rows, keep_cols))
     for norm, layer in norms.items():
-        replace_module(small, norm, slim_norm(modules[norm], rows[layer].to(_device(modules[norm]))))
+        replace_module(small, norm, slim_norm(modules[norm], rows[layer]))
     small_mask = {n: info.small(n, m) for n, m in mask.items()}
     info.params_before = sum(p.numel() for p in model.parameters())
     info.params_after = sum(p.numel() for p in small.parameters())
@@ -351,12 +351,6 @@ def _owned(u: Unit, modules: dict[str, nn.Module]) -> list[torch.Tensor]:
 # ------------------------------------------------------------------------------------------- smaller modules
 
 
-def _device(m: nn.Module) -> torch.device:
-    t = next(iter(m.parameters()), None)
-    t = t if t is not None else next(iter(m.buffers()), None)
-    return t.device if t is not None else torch.device("cpu")
-
-
 def slim_layer(m: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None) -> nn.Module:
     """A new Linear/Conv with the same hyperparameters and only the kept outputs (rows) and inputs (columns)."""
     w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
@@ -388,6 +382,7 @@ def slim_norm(m: nn.Module, keep: torch.Tensor) -> nn.Module:
     if ref is not None:
         kw |= {"device": ref.device, "dtype": ref.dtype}
     new = nn.utils.skip_init(type(m), len(keep), **kw)
+    keep = keep.to(ref.device) if ref is not None else keep
     for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
         getattr(new, name).data.copy_(t.detach() if name == "num_batches_tracked" else t.detach()[keep])
         getattr(new, name).requires_grad_(t.requires_grad)
