@@ -27,6 +27,8 @@ COLUMNS = [
     "early_stop_step",
     "train_acc",
     "wall_time_s",
+    "train_flops",
+    "dense_flops",
 ]
 
 

@@ -138,3 +138,19 @@ def test_report_imports_no_workflow_but_the_trunk_results():
                 imported.update(a.name for a in node.names)
     workflows = {"ticketlab.compare_criteria", "ticketlab.disjoint", "ticketlab.branches", "ticketlab.cli"}
     assert not imported & workflows
+
+
+def test_cost_table_sums_flops_and_wall_time_per_branch_and_shows_a_dash_for_old_runs():
+    from ticketlab.report.tables import cost_summary, cost_table
+
+    rows = [
+        {"branch": "ticket", "level": "0", "wall_time_s": "2.0", "train_flops": "100", "dense_flops": "100"},
+        {"branch": "ticket", "level": "1", "wall_time_s": "1.5", "train_flops": "20", "dense_flops": "100"},
+        {"branch": "reinit", "level": "1", "wall_time_s": "1.0", "train_flops": "", "dense_flops": ""},
+    ]
+    summary = cost_summary(rows)
+    assert list(summary) == ["ticket", "reinit"]
+    assert summary["ticket"] == {"jobs": 2, "wall_time_s": 3.5, "train_flops": 120, "dense_flops": 200}
+    assert summary["reinit"]["train_flops"] is None
+    lines = cost_table(rows).splitlines()
+    assert lines[3].split()[-3:] == ["120", "200", "60.0%"] and lines[4].split()[-3:] == ["-", "-", "-"]

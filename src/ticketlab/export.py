@@ -1,8 +1,9 @@
-"""A structured ticket as a smaller dense model: the neurons and filters it pruned physically removed.
+"""A ticket as a smaller dense model: the neurons and filters it pruned (or left dead) physically removed.
 
-:func:`export` does it for any model and mask, :func:`save_exported` writes the result as a torch.export
-program; :func:`export_ticket` does both for a run's ticket, its outputs checked against the masked network on
-test inputs before anything is written.
+:func:`export` does it for a structured mask (the units it silenced), :func:`ticketlab.pruning.compact.compact`
+for any mask (every dead unit, constants folded into biases); :func:`save_exported` writes the result as a
+torch.export program; :func:`export_ticket` compacts and saves a run's ticket, structured or not, its outputs
+checked against the masked network on test inputs before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ticketlab.data import load_configured
 from ticketlab.errors import TicketlabError
 from ticketlab.problem import registry_problem
 from ticketlab.pruning import example_input, find_units, silent_units
+from ticketlab.pruning.compact import compact, replace_module, slim_layer, slim_norm
 from ticketlab.rundir import RunDir
 from ticketlab.store import atomic_write_bytes, load_tensors
 
@@ -29,7 +31,8 @@ TOLERANCE = 1e-4  # relative to the largest output magnitude: float reassociatio
 def export_ticket(
     run_dir: Path, level: int, out: Path, *, replicate: int = 0, weights: str = "final"
 ) -> dict[str, Any]:
-    """Export the ticket of ``level`` of a registry-model run to ``out`` (.pt2); return what was measured."""
+    """Export the ticket of ``level`` of a registry-model run to ``out`` (.pt2), compacted for inference
+    (:func:`~ticketlab.pruning.compact.compact`: structured or unstructured); return what was measured."""
 
     run = RunDir(run_dir)
     if run.user_model:  # a run of the user's own nn.Module: the command line cannot rebuild it
@@ -45,7 +48,7 @@ def export_ticket(
     final = load_tensors(job.final, sha256=run.recorded(job, job.final))
     model.load_state_dict(final if weights == "final" else ticket.state)
     M.apply_mask(model, ticket.mask)
-    small = export(model, ticket.mask, data.input_shape)
+    small, _, _ = compact(model, ticket.mask, data.input_shape)
     model.eval()
     small.eval()
     x = data.test.inputs(slice(0, 256))
@@ -62,46 +65,6 @@ def export_ticket(
         "checked": len(x),
         "max_diff": max_diff,
     }
-
-
-def _slim_layer(m: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None) -> nn.Module:
-    """A new Linear/Conv with the same hyperparameters and only the kept outputs and inputs."""
-    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
-    if out_keep is not None:
-        w, b = w[out_keep], None if b is None else b[out_keep]
-    if in_keep is not None:
-        w = w[:, in_keep]
-    kw = {"bias": b is not None, "device": w.device, "dtype": w.dtype}
-    if type(m) is nn.Linear:
-        new = nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], **kw)  # skip_init: the global RNG is untouched
-    else:
-        new = nn.utils.skip_init(
-            type(m), w.shape[1], w.shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
-            dilation=m.dilation, padding_mode=m.padding_mode, **kw,
-        )  # fmt: skip
-    new.weight.data.copy_(w)
-    new.weight.requires_grad_(m.weight.requires_grad)
-    if b is not None:
-        new.bias.data.copy_(b)
-        new.bias.requires_grad_(m.bias.requires_grad)
-    return new.train(m.training)
-
-
-def _slim_norm(m: nn.Module, keep: torch.Tensor) -> nn.Module:
-    kw = {"eps": m.eps, "momentum": m.momentum, "affine": m.affine, "track_running_stats": m.track_running_stats}
-    ref = m.weight if m.affine else m.running_mean
-    if ref is not None:
-        kw |= {"device": ref.device, "dtype": ref.dtype}
-    new = nn.utils.skip_init(type(m), len(keep), **kw)
-    for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
-        getattr(new, name).data.copy_(t.detach() if name == "num_batches_tracked" else t.detach()[keep])
-        getattr(new, name).requires_grad_(t.requires_grad)
-    return new.train(m.training)
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, new)
 
 
 def export(model: nn.Module, mask: M.Mask, input_shape: tuple[int, ...]) -> nn.Module:
@@ -129,9 +92,9 @@ def export(model: nn.Module, mask: M.Mask, input_shape: tuple[int, ...]) -> nn.M
             # with a flatten between them, unit j feeds the consumer's inputs j*per ... (j+1)*per - 1
             in_keep[name] = (keep[:, None] * per + torch.arange(per, device=keep.device)).flatten()
         if u.norm is not None:
-            _replace(out, u.norm, _slim_norm(modules[u.norm], keep))
+            replace_module(out, u.norm, slim_norm(modules[u.norm], keep))
     for name in out_keep.keys() | in_keep.keys():
-        _replace(out, name, _slim_layer(modules[name], out_keep.get(name), in_keep.get(name)))
+        replace_module(out, name, slim_layer(modules[name], out_keep.get(name), in_keep.get(name)))
     return out
 
 

@@ -55,6 +55,8 @@ RESULT_COLUMNS = [
     "early_stop_step",
     "train_acc",
     "wall_time_s",
+    "train_flops",  # theoretical training FLOPs of the job, kept weights only (ticketlab.flops; absent before it)
+    "dense_flops",  # the same job's on the dense network
 ]
 
 

@@ -153,3 +153,44 @@ def disjoint_table(rows: list[dict[str, Any]]) -> str:
         for r in rows
     ]
     return _layout(f"disjoint tickets: test accuracy (%), {spread_note([1] if rows else [])}", head, lines)
+
+
+def cost_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """Per branch (trunk first): ``jobs``, total ``wall_time_s``, total ``train_flops`` and ``dense_flops`` (None
+    when no row of the branch records them: runs made before compute accounting), over all levels and replicates."""
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        t = totals.setdefault(row["branch"], {"jobs": 0, "wall_time_s": 0.0, "train_flops": None, "dense_flops": None})
+        t["jobs"] += 1
+        t["wall_time_s"] += float(row.get("wall_time_s") or 0.0)
+        for key in ("train_flops", "dense_flops"):
+            if row.get(key) not in (None, ""):
+                t[key] = (t[key] or 0) + int(float(row[key]))
+    order = [b for b in BRANCH_ORDER if b in totals] + sorted(set(totals) - set(BRANCH_ORDER))
+    return {b: totals[b] for b in order}
+
+
+def _flops(n: float | int | None) -> str:
+    return "-" if n is None else f"{n:.3g}"
+
+
+def cost_table(rows: list[dict[str, Any]]) -> str:
+    """What a run cost, per branch: jobs, wall time, and theoretical training FLOPs (kept weights only; the dense
+    network's for the same jobs; their ratio), summed over levels and replicates (:mod:`ticketlab.flops`)."""
+    summary = cost_summary(rows)
+    head = ["branch", "jobs", "wall time (s)", "train FLOPs", "dense FLOPs", "of dense"]
+    lines = [
+        [
+            LABELS.get(b, b),
+            str(t["jobs"]),
+            f"{t['wall_time_s']:.1f}",
+            _flops(t["train_flops"]),
+            _flops(t["dense_flops"]),
+            f"{100 * t['train_flops'] / t['dense_flops']:.1f}%" if t["train_flops"] and t["dense_flops"] else "-",
+        ]
+        for b, t in summary.items()
+    ]
+    total = sum(t["wall_time_s"] for t in summary.values())
+    title = f"cost per branch, all levels and replicates (wall time in all: {total:.1f} s; FLOPs: 3 x forward x "
+    title += "examples trained + forward x examples evaluated, 2 per multiply-accumulate)"
+    return _layout(title, head, lines, left=1)
