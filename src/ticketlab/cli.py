@@ -25,7 +25,7 @@ from ticketlab.imp import imp
 from ticketlab.models import model_names
 from ticketlab.report import report
 from ticketlab.report.plots import imp_plot
-from ticketlab.report.tables import criteria_table, disjoint_table, imp_table
+from ticketlab.report.tables import cost_table, criteria_table, disjoint_table, imp_table
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, *, mode: bool = True) -> None:
@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(dj)
     e = sub.add_parser(
         "export",
-        help="save a structured ticket as a smaller dense model (torch.export .pt2)",
-        description="Remove the neurons and filters a ticket pruned and save the smaller network with "
+        help="save a ticket (structured or not) as a smaller dense model (torch.export .pt2)",
+        description="Remove the neurons and filters a ticket pruned, or left dead (no kept weight reads them, or "
+        "none feeds them), and save the smaller network with "
         "torch.export; its outputs equal the masked network's (checked on test inputs before saving). "
         "Load it with torch.export.load(PATH).module().",
     )
@@ -231,6 +232,7 @@ def _imp(args: argparse.Namespace) -> int:
     run = imp(cfg, out=args.out, device=args.device, progress=progress, batch_jobs=args.batch_jobs)
     rows = run.results(cfg, quiet=True)
     print(imp_table(rows, args.metric))
+    print("\n" + cost_table(rows))
     png = imp_plot(rows, run.plot_file, args.metric, title=run.name)
     print(f"\nrun directory: {run.path}\nresults: {run.results_file}\nplot: {png}")
     return 0

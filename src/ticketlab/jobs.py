@@ -24,12 +24,13 @@ from ticketlab import batched as B
 from ticketlab import masks as M
 from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset
+from ticketlab.flops import job_flops
 from ticketlab.problem import state_of
 from ticketlab.prunable import check_zero_safe, density_all
 from ticketlab.pruning.collapse import effective_density
 from ticketlab.rundir import JobFiles, RunDir
 from ticketlab.store import atomic_write_text, save_tensors, sha256_bytes, write_record
-from ticketlab.training import Observer, SaveAt, TrainResult, train
+from ticketlab.training import TRAIN_ACC_SAMPLE, Observer, SaveAt, TrainResult, train
 from ticketlab.training.objectives import CLASSIFICATION
 
 
@@ -181,6 +182,16 @@ def finish(
     """Write a trained job's final weights, metrics and result record (with every file's SHA-256); ``batched``:
     how many jobs it trained together with (itself included)."""
     f = job.files
+    data = job.data
+    example = data.train.inputs(slice(0, 1))
+    evaluated = len(data.test) + (len(data.val) if data.val is not None else 0)
+    flops = job_flops(
+        model,
+        mask,
+        example,
+        examples_trained=(result.metrics[-1]["step"] - job.start) * job.train.batch_size,
+        examples_evaluated=len(result.metrics) * evaluated + min(TRAIN_ACC_SAMPLE, len(data.train)),
+    )
     files[run.rel(f.final)] = save_tensors(f.final, state_of(model))
     metrics = "".join(json.dumps(row) + "\n" for row in result.metrics)
     atomic_write_text(f.metrics, metrics)
@@ -192,12 +203,11 @@ def finish(
         **({"options": job.options} if job.options is not None else {}),
         "density": M.density(mask),
         "density_all": density_all(model, mask),
-        "effective_density": effective_density(
-            model, mask, job.data.train.inputs(slice(0, 1)), (job.data.objective or CLASSIFICATION).logits
-        ),
+        "effective_density": effective_density(model, mask, example, (data.objective or CLASSIFICATION).logits),
         "layer_densities": M.layer_densities(mask),
         **result.summary(),
         "batched_with": batched,
+        **flops,
         "files": files,
         "inputs": job.inputs,
     }
