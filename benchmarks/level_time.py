@@ -20,6 +20,7 @@ them up (nothing in the library is changed for it). Time is attributed to the in
     other       everything else between two trainings (the run directory's bookkeeping, Python glue)
 
     .venv/bin/python benchmarks/level_time.py [--levels 5] [--repeats 2] [--device cpu|cuda] [--data-dir DIR]
+        [--src OLD/src,NEW/src]    # two source trees timed alternately in one run (before / after a change)
 
 Goal (issue 12): at most 0.75 s per level on the 2-core CPU VM, start-up included (open_lth: 11.3 s per level).
 """
@@ -196,17 +197,20 @@ def child(args: argparse.Namespace) -> None:
     Path(args.child).write_text(json.dumps(out))
 
 
-def measure(args: argparse.Namespace, out: Path) -> dict:
-    """One run in a fresh process: the child's figures, plus the process's wall time as the parent saw it."""
+def measure(args: argparse.Namespace, out: Path, src: str) -> dict:
+    """One run in a fresh process (importing ticketlab from ``src`` when given): the child's figures, plus the
+    process's wall time as the parent saw it."""
     result = out / "result.json"
     cmd = [sys.executable, __file__, "--child", str(result), "--out", str(out / "runs")]
     cmd += ["--levels", str(args.levels), "--device", args.device]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    env = {**os.environ, "LEVEL_TIME_SPAWN": repr(time.time())}
+    env = {**os.environ, **({"PYTHONPATH": src} if src else {}), "LEVEL_TIME_SPAWN": repr(time.time())}
     t = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True)
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t
+    if done.returncode != 0:
+        raise SystemExit(f"the measured run failed:\n{done.stderr}")
     figures = json.loads(result.read_text())
     if figures["code"] != 0:
         raise SystemExit(f"ticketlab imp exited {figures['code']}")
@@ -243,6 +247,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes; the fastest is shown in full")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--data-dir", default="", help="the Fashion-MNIST IDX files (default: where ticketlab looks)")
+    parser.add_argument(
+        "--src", default="", help="comma-separated source trees (each holding ticketlab/) to time in turn, side by side"
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -255,12 +262,19 @@ def main() -> None:
         f"open_lth LeNet-300-100 protocol on Fashion-MNIST, 1 epoch per level, {args.levels} levels + level 0, "
         f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
-    runs = []
+    trees = args.src.split(",") if args.src else [""]
+    runs: dict[str, list[dict]] = {tree: [] for tree in trees}
     for r in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(measure(args, Path(tmp)))
-        print(f"run {r}: process wall {runs[-1]['wall']:.2f} s, {runs[-1]['wall'] / (args.levels + 1):.3f} s per level")
-    show(min(runs, key=lambda run: run["wall"]), args.levels)
+        for tree in trees:  # alternating, so that the machine's drift hits every tree alike
+            with tempfile.TemporaryDirectory() as tmp:
+                run = measure(args, Path(tmp), tree)
+            runs[tree].append(run)
+            print(
+                f"run {r} {tree}: process wall {run['wall']:.2f} s, {run['wall'] / (args.levels + 1):.3f} s per level"
+            )
+    for tree, measured in runs.items():
+        print(f"\n{tree or 'ticketlab as installed'} (fastest of {len(measured)}):")
+        show(min(measured, key=lambda run: run["wall"]), args.levels)
 
 
 if __name__ == "__main__":
