@@ -29,6 +29,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/level_time.py
 	$(PY) benchmarks/augment_speed.py
 	$(PY) benchmarks/export_speed.py
 	$(PY) benchmarks/kill_resume.py

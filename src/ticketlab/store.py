@@ -17,7 +17,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,40 @@ def load_tensors(path: Path, device: torch.device | str = "cpu", sha256: str | N
     if sorted(order) == sorted(tensors):
         tensors = {k: tensors[k] for k in order}
     return {k: v.to(device) for k, v in tensors.items()}
+
+
+def derived(
+    name: str, sources: list[Path], make: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``make()`` -- tensors, and a JSON-able info mapping -- computed from the files ``sources``, kept in the cache
+    under ``name`` and the SHA-256 of their bytes, so that changed files never get a stale copy.
+
+    For work slower than hashing its inputs (decompressing and parsing a dataset). The copy is checked as a run's
+    files are (a self-digested record, then the tensors file's SHA-256); a copy missing or damaged, or a cache that
+    cannot be written, only means calling ``make`` again. A source that is not a file: ``make()``, not cached.
+    """
+    if not all(Path(f).is_file() for f in sources):
+        return make()
+    key = hashlib.sha256(name.encode())
+    for f in sources:
+        key.update(sha256_file(f).encode())
+    try:
+        base = cache_dir() / "derived" / f"{name}-{key.hexdigest()[:20]}"
+    except OSError:  # no cache directory can be made
+        return make()
+    tensors_file, record_file = base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+    try:
+        record = read_record(record_file)
+        return load_tensors(tensors_file, sha256=record["tensors"]), record["info"]
+    except (DamagedFile, KeyError, TypeError):
+        pass
+    tensors, info = make()
+    try:
+        digest = save_tensors(tensors_file, tensors)
+        write_record(record_file, {"name": name, "info": info, "tensors": digest})  # last: the copy is whole
+    except OSError:
+        pass
+    return tensors, info
 
 
 def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:

@@ -59,10 +59,14 @@ class Objective:
 
     def sums(self, output: Any, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(summed loss, correct predictions, examples) of a batch, as tensors on the device (no sync)."""
-        output = self.logits(output).float()
+        return self.logit_sums(self.logits(output), target)
+
+    def logit_sums(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """:meth:`sums` from the class scores (B, classes) themselves."""
+        logits = logits.float()
         return (
-            F.cross_entropy(output, target, reduction="sum"),
-            (output.argmax(-1) == target).sum(),
+            F.cross_entropy(logits, target, reduction="sum"),
+            (logits.argmax(-1) == target).sum(),
             target.numel(),
         )
 
@@ -70,18 +74,36 @@ class Objective:
 CLASSIFICATION = Objective()
 
 
+CPU_PIECE = 1024  # rows per forward pass on a CPU: LeNet-300-100's 10,000 test images in 1024s take 3/4 of the time
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, split: Split, objective: Objective = CLASSIFICATION, chunk: int = 8192
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``split`` (in eval mode; the mode is restored after)."""
+    """Mean loss and accuracy of ``model`` on ``split`` (in eval mode; the mode is restored after).
+
+    The sums are taken per ``chunk`` examples and added up, on the device, with one sync at the end. On a CPU each
+    chunk's forward pass runs in near-equal pieces of at most :data:`CPU_PIECE` rows, whose activations stay in
+    cache (and a conv net's stay in memory); a row's scores do not depend on the rows beside it, so the results are
+    the same bits as one pass per chunk.
+    """
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
+    device = split.x.device
+    piece = CPU_PIECE if device.type == "cpu" else chunk
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
     for i in range(0, len(split), chunk):
-        batch_loss, batch_correct, n = objective.sums(model(split.inputs(slice(i, i + chunk))), split.y[i : i + chunk])
+        stop = min(i + chunk, len(split))
+        pieces = -(-(stop - i) // piece)
+        bounds = [i + (stop - i) * k // pieces for k in range(pieces + 1)]  # no piece under half of ``piece`` rows
+        if pieces == 1:
+            batch_loss, batch_correct, n = objective.sums(model(split.inputs(slice(i, stop))), split.y[i:stop])
+        else:
+            scores = [objective.logits(model(split.inputs(slice(a, b)))) for a, b in zip(bounds, bounds[1:])]
+            batch_loss, batch_correct, n = objective.logit_sums(torch.cat(scores), split.y[i:stop])
         loss += batch_loss
         correct += batch_correct
         count += n
