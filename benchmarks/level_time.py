@@ -33,6 +33,7 @@ PROCESS_START = time.time()  # a child's own clock starts here; its parent passe
 
 import argparse  # noqa: E402  -- after the clock, so the script's own imports count as start-up
 import contextlib  # noqa: E402
+import gc  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -195,6 +196,7 @@ def child(args: argparse.Namespace) -> None:
     }
     out = {"code": code, "total": end - spawned, "jobs": clock.jobs, "times": times, "missing": missing}
     Path(args.child).write_text(json.dumps(out))
+    gc.freeze()  # and exit as the `ticketlab` command does (ticketlab.cli.entry)
 
 
 def measure(args: argparse.Namespace, out: Path, src: str) -> dict:

@@ -169,6 +169,39 @@ def densify(model: nn.Module) -> list[str]:
     return done
 
 
+def swap_in(model: nn.Module, mask: M.Mask, *, table: dict[tuple[int, int], float] | None = None) -> dict:
+    """For training: put a :class:`SparseLinear` in place of each ``nn.Linear`` that :func:`sparsify` would
+    replace and that nothing else holds (no tied weight, no hooks); returns ``{name: the original module}`` for
+    :func:`swap_out`, which writes the trained values back into those very modules (so references to them, and
+    the model's state-dict keys, stay valid)."""
+    owners: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        owners[id(p)] = owners.get(id(p), 0) + 1
+    swapped = {}
+    for name, m in list(model.named_modules()):
+        key = f"{name}.weight"
+        if not name or type(m) is not nn.Linear or key not in mask or owners[id(m.weight)] > 1:
+            continue
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or not m.weight.requires_grad:
+            continue
+        if float(mask[key].float().mean()) <= break_even(m.out_features, m.in_features, table):
+            _replace(model, name, SparseLinear(m, mask[key]).train(m.training))
+            swapped[name] = m
+    return swapped
+
+
+@torch.no_grad()
+def swap_out(model: nn.Module, swapped: dict) -> None:
+    """Undo :func:`swap_in`: each original Linear gets the trained weights (zero where pruned) and bias back,
+    and its place in the model."""
+    for name, original in swapped.items():
+        sparse = model.get_submodule(name)
+        original.weight.copy_(sparse.dense_weight())
+        if original.bias is not None:
+            original.bias.copy_(sparse.bias)
+        _replace(model, name, original.train(sparse.training))
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     if not name:
         raise TicketlabError("sparsify swaps layers inside a model; wrap a bare nn.Linear in nn.Sequential")

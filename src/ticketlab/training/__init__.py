@@ -27,6 +27,7 @@ from ticketlab.data import Dataset, batches, iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 from ticketlab.pruning.units import add_slimming_grad
+from ticketlab.sparse import swap_in, swap_out
 from ticketlab.training.objectives import CLASSIFICATION, Objective, evaluate
 
 __all__ = [
@@ -195,14 +196,18 @@ def train(
     until: int | None = None,
     observers: tuple[Observer, ...] | list[Observer] = (),
     objective: Objective | None = None,
+    kernels: str = "auto",
 ) -> TrainResult:
     """Train ``model`` in place from iteration ``start`` to the end of the schedule (or to ``until``, an
     iteration before it: the schedule stays the whole run's), keeping ``mask`` exact.
 
     The data order, augmentation and dropout draws at each iteration depend only on ``data_seed`` and the
     iteration, so training resumed at any ``start`` reproduces an uninterrupted run bit for bit.
-    ``objective``: the loss and accuracy (default: the data's, else classification). Raises TicketlabError when
-    the loss diverges.
+    ``objective``: the loss and accuracy (default: the data's, else classification). ``kernels``: "auto" trains
+    the Linear layers whose density is below the break-even measured on this machine with sparse (CSR) kernels
+    (:mod:`ticketlab.sparse`; on a CPU, when no observer reads the network mid-training): the same training to
+    float tolerance, faster; "off" keeps every layer dense and masked. Raises TicketlabError when the loss
+    diverges.
     """
     t0 = time.perf_counter()
     objective = objective or data.objective or CLASSIFICATION
@@ -212,76 +217,85 @@ def train(
     eval_every = cfg.eval_every.iterations(per_epoch)
     masked = MaskedParams(model, mask)
     masked.mask_weights()
-    optimizer = make_optimizer(list(model.parameters()), cfg)
-    metrics: list[dict[str, Any]] = []
-    running, seen = torch.zeros((), device=data.train.x.device), 0
-    precision = precision_context(cfg, data.train.x.device)
-    memory_format = torch.channels_last if cfg.channels_last and len(data.input_shape) == 3 else None
-    if memory_format is not None:
-        model.to(memory_format=memory_format)
+    swapped: dict[str, nn.Module] = {}
+    if kernels == "auto" and data.train.x.device.type == "cpu" and not _watched(observers, start, end):
+        swapped = swap_in(model, mask)  # Linear layers sparse enough to train faster as CSR (ticketlab.sparse)
+        masked = MaskedParams(model, {n: m for n, m in mask.items() if n.removesuffix(".weight") not in swapped})
+    try:
+        optimizer = make_optimizer(list(model.parameters()), cfg)
+        metrics: list[dict[str, Any]] = []
+        running, seen = torch.zeros((), device=data.train.x.device), 0
+        precision = precision_context(cfg, data.train.x.device)
+        memory_format = torch.channels_last if cfg.channels_last and len(data.input_shape) == 3 else None
+        if memory_format is not None:
+            model.to(memory_format=memory_format)
 
-    def record(step: int) -> dict[str, Any]:
-        nonlocal running, seen
-        row: dict[str, Any] = {"step": step, "lr": schedule.lr(max(step - 1, 0))}
-        if seen:
-            row["train_loss"] = running.item() / seen
-            running, seen = torch.zeros_like(running), 0
-            if not math.isfinite(row["train_loss"]):
-                # Masking multiplies by zero, which cannot clear NaN: stop here with the cause, not later.
-                raise TicketlabError(
-                    f"training diverged (loss {row['train_loss']}) before step {step}; lower --lr or add --warmup"
-                )
-        with precision():
-            if data.val is not None:
-                row["val_loss"], row["val_acc"] = evaluate(model, data.val, objective)
-            row["test_loss"], row["test_acc"] = evaluate(model, data.test, objective)
-        metrics.append(row)
-        for o in observers:
-            o.on_eval(step, row)
-        return row
-
-    for o in observers:
-        o.on_begin(model, start, end)
-    record(start)
-    model.train()
-    # Randomness inside the model (dropout) is seeded per step, so a run resumed at any step reproduces it;
-    # forked, so the caller's random state is left as it was.
-    # (Seeding that device's generator directly: torch.manual_seed seeds every backend, ~120 us a step on CPU.)
-    device = data.train.x.device
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    generator = torch.cuda.default_generators[cuda[0]] if cuda else torch.default_generator
-    with torch.random.fork_rng(devices=cuda):
-        for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, end, augment=data.augment):
-            generator.manual_seed(_step_seed(data_seed, it))  # dropout draws the same at step `it` on resume
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr(it)
-            if memory_format is not None:
-                x = x.contiguous(memory_format=memory_format)
+        def record(step: int) -> dict[str, Any]:
+            nonlocal running, seen
+            row: dict[str, Any] = {"step": step, "lr": schedule.lr(max(step - 1, 0))}
+            if seen:
+                row["train_loss"] = running.item() / seen
+                running, seen = torch.zeros_like(running), 0
+                if not math.isfinite(row["train_loss"]):
+                    # Masking multiplies by zero, which cannot clear NaN: stop here with the cause, not later.
+                    raise TicketlabError(
+                        f"training diverged (loss {row['train_loss']}) before step {step}; lower --lr or add --warmup"
+                    )
             with precision():
-                loss = objective.loss(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.slimming:
-                add_slimming_grad(model, cfg.slimming)
-            masked.mask_grads()
-            optimizer.step()
-            masked.mask_weights()
-            running += loss.detach()
-            seen += 1
-            done = it + 1
-            if done % eval_every == 0 or done == end:
-                record(done)
-                model.train()
+                if data.val is not None:
+                    row["val_loss"], row["val_acc"] = evaluate(model, data.val, objective)
+                row["test_loss"], row["test_acc"] = evaluate(model, data.test, objective)
+            metrics.append(row)
             for o in observers:
-                o.on_step(done, model)
-    masked.check(optimizer)
-    key = "val_loss" if data.val is not None else "test_loss"
-    best = min(metrics, key=lambda r: r[key])
-    with precision():
-        # a fixed sample, so that a big training set does not cost a long pass per job on a CPU
-        _, train_acc = evaluate(model, data.train.head(TRAIN_ACC_SAMPLE), objective)
-    if memory_format is not None:
-        model.to(memory_format=torch.contiguous_format)
+                o.on_eval(step, row)
+            return row
+
+        for o in observers:
+            o.on_begin(model, start, end)
+        record(start)
+        model.train()
+        # Randomness inside the model (dropout) is seeded per step, so a run resumed at any step reproduces it;
+        # forked, so the caller's random state is left as it was.
+        # (Seeding that device's generator directly: torch.manual_seed seeds every backend, ~120 us a step on CPU.)
+        device = data.train.x.device
+        cuda = (
+            [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        )
+        generator = torch.cuda.default_generators[cuda[0]] if cuda else torch.default_generator
+        with torch.random.fork_rng(devices=cuda):
+            for it, x, y in batches(data.train, cfg.batch_size, data_seed, start, end, augment=data.augment):
+                generator.manual_seed(_step_seed(data_seed, it))  # dropout draws the same at step `it` on resume
+                for group in optimizer.param_groups:
+                    group["lr"] = schedule.lr(it)
+                if memory_format is not None:
+                    x = x.contiguous(memory_format=memory_format)
+                with precision():
+                    loss = objective.loss(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.slimming:
+                    add_slimming_grad(model, cfg.slimming)
+                masked.mask_grads()
+                optimizer.step()
+                masked.mask_weights()
+                running += loss.detach()
+                seen += 1
+                done = it + 1
+                if done % eval_every == 0 or done == end:
+                    record(done)
+                    model.train()
+                for o in observers:
+                    o.on_step(done, model)
+        masked.check(optimizer)
+        key = "val_loss" if data.val is not None else "test_loss"
+        best = min(metrics, key=lambda r: r[key])
+        with precision():
+            # a fixed sample, so that a big training set does not cost a long pass per job on a CPU
+            _, train_acc = evaluate(model, data.train.head(TRAIN_ACC_SAMPLE), objective)
+        if memory_format is not None:
+            model.to(memory_format=torch.contiguous_format)
+    finally:
+        swap_out(model, swapped)  # the model the caller gave, dense again, whatever happened
     result = TrainResult(
         metrics=metrics,
         final_test_acc=metrics[-1]["test_acc"],
@@ -293,6 +307,11 @@ def train(
     for o in observers:
         o.on_end(model, result)
     return result
+
+
+def _watched(observers: tuple[Observer, ...] | list[Observer], start: int, end: int) -> bool:
+    """Whether an observer reads the network at some step before the end (then layers are not swapped)."""
+    return any(o.wants_model(step) for o in observers for step in range(start, end))
 
 
 def _step_seed(data_seed: int, it: int) -> int:
