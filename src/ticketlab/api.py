@@ -82,6 +82,7 @@ def find_ticket(
     progress: bool = False,
     output_fn: Callable[[Any], torch.Tensor] | None = None,
     batch_jobs: str | int = "auto",
+    sparse_kernels: str = "auto",
     **options: Any,
 ) -> TicketSearch:
     """Run IMP on any ``nn.Module`` and return the ticket (mask + rewound weights) at the last level.
@@ -101,7 +102,9 @@ def find_ticket(
     returned :class:`TicketSearch` (and its ``run``) is garbage-collected, or when the interpreter exits.
     ``progress``: a live bar per job on stderr; without it nothing is printed but warnings. ``batch_jobs``: train
     a level's independent jobs (replicates, baselines) together where faster ("auto"), never ("off"), or at most
-    K at a time; results equal one-by-one training to float tolerance (:mod:`ticketlab.batched`). Every mistake (an
+    K at a time; results equal one-by-one training to float tolerance (:mod:`ticketlab.batched`).
+    ``sparse_kernels``: "auto" trains Linear layers sparser than their measured break-even with CSR kernels
+    (:mod:`ticketlab.sparse`), "off" keeps them dense and masked; equal to float tolerance too. Every mistake (an
     option naming a model or dataset, bad data or labels, a model that cannot take the data) is a TicketlabError,
     before anything is trained.
     """
@@ -146,6 +149,7 @@ def find_ticket(
             quiet=not progress,
             start_mask=imported or None,
             batch_jobs=batch_jobs,
+            sparse_kernels=sparse_kernels,
         )
         search = TicketSearch(run, run.results(cfg), run.ticket(level_count(cfg), 0, dev))
     except BaseException:

@@ -69,6 +69,13 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument(
+        "--sparse-kernels",
+        default="auto",
+        choices=("auto", "off"),
+        help="train layers whose density is below the break-even measured for their shape with sparse (CSR) "
+        "kernels: auto (on a CPU, jobs trained one by one) or off (default: auto)",
+    )
+    p.add_argument(
         "--batch-jobs",
         default="auto",
         help="train a level's independent jobs together: auto (where faster), off, or at most K per pass "
@@ -111,6 +118,7 @@ def _branch_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("name", help="the branch")
     b.add_argument("--levels", help="comma-separated levels (default: every finished level)")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    b.add_argument("--sparse-kernels", default="auto", choices=("auto", "off"), help="as for imp (default: auto)")
     b.add_argument(
         "--batch-jobs",
         default="auto",
@@ -230,7 +238,14 @@ def config_from_args(args: argparse.Namespace) -> C.ExperimentConfig:
 def _imp(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    run = imp(cfg, out=args.out, device=args.device, progress=progress, batch_jobs=args.batch_jobs)
+    run = imp(
+        cfg,
+        out=args.out,
+        device=args.device,
+        progress=progress,
+        batch_jobs=args.batch_jobs,
+        sparse_kernels=args.sparse_kernels,
+    )
     rows = run.results(cfg, quiet=True)
     print(imp_table(rows, args.metric))
     print("\n" + cost_table(rows))
@@ -257,6 +272,7 @@ def _criteria(args: argparse.Namespace) -> int:
         device=args.device,
         progress=progress,
         batch_jobs=args.batch_jobs,
+        sparse_kernels=args.sparse_kernels,
     )
     print(criteria_table(rows, args.metric))
     print(f"\ncomparison: {where / 'criteria.csv'}\nplot: {where / 'criteria.png'}")
@@ -278,6 +294,7 @@ def _branch(args: argparse.Namespace) -> int:
         device=args.device,
         progress=progress,
         batch_jobs=args.batch_jobs,
+        sparse_kernels=args.sparse_kernels,
     )
     print(imp_table(rows, args.metric))
     print(f"\nresults: {Path(args.run_dir) / 'results.csv'}")
@@ -295,6 +312,7 @@ def _disjoint(args: argparse.Namespace) -> int:
         device=args.device,
         progress=progress,
         batch_jobs=args.batch_jobs,
+        sparse_kernels=args.sparse_kernels,
     )
     print(disjoint_table(rows))
     print(f"\nrounds: {where / 'disjoint.csv'}")

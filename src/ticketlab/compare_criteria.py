@@ -65,9 +65,11 @@ def compare(
     device: str = "auto",
     progress: bool = False,
     batch_jobs: str | int = "auto",
+    sparse_kernels: str = "auto",
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run (or resume) every (criterion, density) and write ``criteria.csv`` and ``criteria.png`` into a
-    directory named by the comparison; return it and the rows. ``batch_jobs``: see :func:`ticketlab.imp.run_imp`."""
+    directory named by the comparison; return it and the rows. ``batch_jobs``, ``sparse_kernels``: see
+    :func:`ticketlab.imp.run_imp`."""
     plan = configs(base, criteria, densities, mode)
     key = json.dumps([base.run_hash(), criteria, densities, mode])
     where = (
@@ -75,7 +77,7 @@ def compare(
     )
     rows: list[dict[str, Any]] = []
     for criterion, how, target, cfg in plan:
-        run = imp(cfg, out=out, device=device, progress=progress, batch_jobs=batch_jobs)
+        run = imp(cfg, out=out, device=device, progress=progress, batch_jobs=batch_jobs, sparse_kernels=sparse_kernels)
         for row in run.results(cfg, quiet=True):
             if row["level"] == 1:
                 rows.append({"criterion": criterion, "mode": how, "target_density": target, **row})

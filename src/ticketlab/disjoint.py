@@ -39,9 +39,11 @@ def disjoint(
     device: str = "auto",
     progress: bool = False,
     batch_jobs: str | int = "auto",
+    sparse_kernels: str = "auto",
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run (or resume) ``rounds`` rounds; write and return one row per round (``forbidden``: the fraction of
     weights earlier tickets hold; ``overlap``: weights this ticket shares with them, 0 when forbidding)."""
+    how = {"batch_jobs": batch_jobs, "sparse_kernels": sparse_kernels}  # how jobs train: run_imp's options
     if exclude not in EXCLUDE:
         raise TicketlabError(f"--exclude must be forbid or reinit, not {exclude!r}")
     if rounds < 1:
@@ -63,14 +65,12 @@ def disjoint(
     for i in range(rounds):
         if exclude == "forbid" or forbidden is None:
             start = None if forbidden is None else {n: ~m for n, m in forbidden.items()}
-            run = run_imp(
-                config, problem, where / f"round_{i}", progress=progress, start_mask=start, batch_jobs=batch_jobs
-            )
+            run = run_imp(config, problem, where / f"round_{i}", progress=progress, start_mask=start, **how)
         else:
             redraw = derive_seed(config.imp.seed, "disjoint", i)
             init = _reinitialised(problem.init_model, problem.fresh_model, dict(forbidden), redraw)
             redrawn = problem.with_init(init, reinitialised=mask_digest(forbidden))
-            run = run_imp(config, redrawn, where / f"round_{i}", progress=progress, batch_jobs=batch_jobs)
+            run = run_imp(config, redrawn, where / f"round_{i}", progress=progress, **how)
         ticket = run.ticket(last, 0, dev).mask
         overlap = 0 if forbidden is None else M.count({n: ticket[n] & forbidden[n] for n in ticket})
         if overlap and exclude == "forbid":

@@ -53,13 +53,16 @@ def imp(
     device: str = "auto",
     progress: bool = False,
     batch_jobs: str | int = "auto",
+    sparse_kernels: str = "auto",
 ) -> RunDir:
     """Run (or resume) the configured experiment in ``out/<model>-<dataset>-<hash>``; everything a user can get
-    wrong is checked before anything is written (TicketlabError). ``batch_jobs``: see :func:`run_imp`."""
+    wrong is checked before anything is written (TicketlabError). ``batch_jobs``, ``sparse_kernels``: see
+    :func:`run_imp`."""
     parse_setting(batch_jobs)
     data = load_configured(config.data, resolve_device(device))
     run = RunDir(Path(out) / f"{config.model.model}-{config.data.dataset}-{config.run_hash()}")
-    return run_imp(config, registry_problem(config, data), run, progress=progress, batch_jobs=batch_jobs)
+    problem = registry_problem(config, data)
+    return run_imp(config, problem, run, progress=progress, batch_jobs=batch_jobs, sparse_kernels=sparse_kernels)
 
 
 def run_imp(
@@ -71,6 +74,7 @@ def run_imp(
     start_mask: M.Mask | None = None,
     executor: Executor | None = None,
     batch_jobs: str | int = "auto",
+    sparse_kernels: str = "auto",
     quiet: bool = False,
 ) -> RunDir:
     """Run (or resume) ``config`` on ``problem`` in ``run_dir``; writes and returns the run (its ``results.csv``
@@ -81,10 +85,13 @@ def run_imp(
     torch.nn.utils.prune); iterative pruning only, since one-shot levels prune the full network.
     ``executor``: what trains each list of independent jobs (level 0 of every replicate; then each level's ticket
     and baselines of every replicate); by default :func:`ticketlab.jobs.run_jobs` with ``batch_jobs`` ("auto",
-    "off" or K: how many jobs may train together, :mod:`ticketlab.batched`).
+    "off" or K: how many jobs may train together, :mod:`ticketlab.batched`) and ``sparse_kernels`` ("auto" or
+    "off": CSR kernels for layers sparse enough, :mod:`ticketlab.sparse`).
     The run starts with one line on stderr saying what is not pruned, unless ``quiet``."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    executor = executor or functools.partial(run_jobs, batch_jobs=parse_setting(batch_jobs))
+    if sparse_kernels not in ("auto", "off"):
+        raise TicketlabError(f"--sparse-kernels {str(sparse_kernels)[:40]!r}: give auto or off")
+    executor = executor or functools.partial(run_jobs, batch_jobs=parse_setting(batch_jobs), kernels=sparse_kernels)
     plan = make_plan(config, problem)  # every check a user can fail, before anything is written
     if start_mask is not None:
         if plan.from_dense:

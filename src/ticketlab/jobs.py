@@ -60,7 +60,12 @@ class Executor(Protocol):
 
 
 def run_jobs(
-    run: RunDir, jobs: Sequence[Job], *, progress: bool | None = False, batch_jobs: str | int = "off"
+    run: RunDir,
+    jobs: Sequence[Job],
+    *,
+    progress: bool | None = False,
+    batch_jobs: str | int = "off",
+    kernels: str = "auto",
 ) -> list[dict[str, Any]]:
     """Train the unfinished ``jobs`` of ``run`` in this process and return every job's result record.
 
@@ -69,6 +74,7 @@ def run_jobs(
     whole list, finished jobs included, and a pass with any unfinished job is trained whole, writing only the
     unfinished ones: a resumed run trains exactly the passes an uninterrupted one did, so it ends with the same
     bytes. Jobs that cannot be batched train one by one (the reason said once, unless ``progress`` is None).
+    ``kernels``: sparse kernels for jobs trained one by one (:func:`ticketlab.training.train`).
     """
     setting = B.parse_setting(batch_jobs)
     records = [run.finished(job.files, job.inputs) for job in jobs]
@@ -76,7 +82,7 @@ def run_jobs(
         if all(records[i] is not None for i in chunk):
             continue
         if len(chunk) == 1:
-            records[chunk[0]] = run_job(run, jobs[chunk[0]], progress=progress)
+            records[chunk[0]] = run_job(run, jobs[chunk[0]], progress=progress, kernels=kernels)
             continue
         done = run_batch(run, [jobs[i] for i in chunk], [records[i] is None for i in chunk], progress=progress)
         for i, record in zip(chunk, done):
@@ -107,13 +113,22 @@ def _passes(jobs: Sequence[Job], setting: str | int, progress: bool | None) -> l
     return sorted(passes)
 
 
-def run_job(run: RunDir, job: Job, *, progress: bool | None = False) -> dict[str, Any]:
+def run_job(run: RunDir, job: Job, *, progress: bool | None = False, kernels: str = "auto") -> dict[str, Any]:
     """Train one job and write its outputs; its ``result.json`` is written last, so it exists only for a
     complete job. Returns the result record."""
     model, mask = job.build()
     files = _start_files(run, job, model, mask)
     observers: list[Observer] = [Progress(job, mask, progress), *_rewind_saver(run, job, files)]
-    result = train(model, job.data, job.train, mask=mask, data_seed=job.data_seed, start=job.start, observers=observers)
+    result = train(
+        model,
+        job.data,
+        job.train,
+        mask=mask,
+        data_seed=job.data_seed,
+        start=job.start,
+        observers=observers,
+        kernels=kernels,
+    )
     return finish(run, job, model, mask, result, files)
 
 
