@@ -30,6 +30,8 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/level_time.py
+	$(PY) benchmarks/batched_speed.py
+	$(PY) benchmarks/sparse_speed.py
 	$(PY) benchmarks/augment_speed.py
 	$(PY) benchmarks/export_speed.py
 	$(PY) benchmarks/kill_resume.py

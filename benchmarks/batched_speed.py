@@ -6,7 +6,8 @@ every 100 iterations): ticket-like masks at three densities over three data seed
 ``ticketlab.batched.train_batched`` on all of them, as ``--batch-jobs auto`` does. Rounds alternate the two, and
 the median of the rounds is reported, so a drift in the machine's speed hits both alike.
 
-    python benchmarks/batched_speed.py [--steps 300] [--rounds 3] [--device cpu|cuda]
+    python benchmarks/batched_speed.py [--steps 300] [--rounds 3] [--device cpu|cuda] [--counts 3,9,27]
+        [--model lenet_300_100 --dataset fashion-mnist --batch-size 128]   # another network
 """
 
 from __future__ import annotations
@@ -50,10 +51,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--counts", default="3,9,27")
+    parser.add_argument("--model", default="", help="another registered model (default: the demo's MLP)")
+    parser.add_argument("--dataset", default="", help="another dataset (default: MNIST-1D)")
+    parser.add_argument("--batch-size", type=int, default=0, help="another batch size (default: the demo's, 100)")
     args = parser.parse_args()
     device = torch.device(args.device)
     cfg = ExperimentConfig()
-    cfg = cfg.replace(train={"steps": f"{args.steps}it"})
+    cfg = cfg.replace(
+        train={"steps": f"{args.steps}it", **({"batch_size": args.batch_size} if args.batch_size else {})},
+        model={"model": args.model or cfg.model.model, **({"widths": ()} if args.model else {})},
+        data={"dataset": args.dataset or cfg.data.dataset},
+    )
     data = load_configured(cfg.data, device)
     problem = registry_problem(cfg, data)
     why = unbatchable(problem.init_model(0), cfg.train, data, CLASSIFICATION)

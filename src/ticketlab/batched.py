@@ -40,9 +40,11 @@ from ticketlab.training import TRAIN_ACC_SAMPLE, Observer, Schedule, TrainResult
 from ticketlab.training.objectives import CLASSIFICATION, Objective
 
 # "auto" batches a network whose training step is small enough to be dominated by per-operation overhead: at most
-# this many multiply-accumulates per step (weights x batch size) on a CPU. Measured with benchmarks/batched_speed.py:
-# the MNIST-1D MLP (15K weights, batch 100) gains 3-4x from batching 9 jobs; LeNet-300-100 (266K weights, batch 128)
-# gains little, a ResNet-20 nothing. On a GPU every step is launch-bound at these sizes, so auto batches up to memory.
+# this many multiply-accumulates per step (weights x batch size) on a CPU. Measured with benchmarks/batched_speed.py
+# on the 2-core CPU VM: the MNIST-1D MLP (15K weights, batch 100) trains 2.7x faster with 9 jobs batched, 3.7x with
+# 27; LeNet-300-100 (266K weights, batch 128; 34M) is compute-bound there, so it is left alone. On a GPU small
+# networks are launch-bound, so auto batches up to memory there -- not yet measured (no GPU has been lent to the
+# project; benchmarks/gpu_check.sh measures it).
 CPU_WORK_LIMIT = 10_000_000
 AUTO_MAX_JOBS = 32  # a pass never stacks more jobs than this under "auto"
 MEMORY_SHARE = 0.25  # of the device's free memory (GPU) or of 16 GiB (CPU), for the stacked state
