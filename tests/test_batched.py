@@ -206,3 +206,18 @@ def test_a_bad_batch_jobs_setting_is_refused_in_one_line(value):
     with pytest.raises(TicketlabError, match="--batch-jobs .*give auto, off, or a number"):
         B.parse_setting(value)
     assert B.parse_setting(" AUTO ") == "auto" and B.parse_setting("7") == 7
+
+
+def test_batched_level_0_saves_each_replicates_rewind_point_as_one_by_one_training_does(tmp_path):
+    from ticketlab.store import load_tensors
+
+    cfg = tiny_config(imp={"levels": 1, "replicates": 2, "rewind": "20it"}, train={"steps": "40it"})
+    problem = registry_problem(cfg, load_dataset("synthetic"))
+    together = run_imp(cfg, problem, tmp_path / "auto", quiet=True)
+    alone = run_imp(cfg, problem, tmp_path / "off", quiet=True, batch_jobs="off")
+    assert read_record(together.job(1, 0, "ticket").result)["batched_with"] == 2
+    for r in (0, 1):
+        a, b = load_tensors(together.level(r, 0).rewind), load_tensors(alone.level(r, 0).rewind)
+        assert a.keys() == b.keys()
+        assert all(torch.allclose(a[n], b[n], rtol=1e-4, atol=1e-5) for n in a)
+        assert not torch.equal(a["fc.0.weight"], load_tensors(together.level(r, 0).init)["fc.0.weight"])  # step 20

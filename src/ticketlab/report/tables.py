@@ -191,6 +191,6 @@ def cost_table(rows: list[dict[str, Any]]) -> str:
         for b, t in summary.items()
     ]
     total = sum(t["wall_time_s"] for t in summary.values())
-    title = f"cost per branch, all levels and replicates (wall time in all: {total:.1f} s; FLOPs: 3 x forward x "
-    title += "examples trained + forward x examples evaluated, 2 per multiply-accumulate)"
-    return _layout(title, head, lines, left=1)
+    title = f"cost per branch, all levels and replicates (wall time in all: {total:.1f} s)"
+    note = "FLOPs: 3 x forward x examples trained + forward x examples evaluated, 2 per multiply-accumulate"
+    return _layout(title, head, lines, left=1) + "\n" + note
