@@ -48,9 +48,9 @@ def jobs(problem, n: int, device: torch.device):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="training iterations per job")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--counts", default="3,9,27")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is shown")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--counts", default="3,9,27", help="how many jobs, comma-separated")
     parser.add_argument("--model", default="", help="another registered model (default: the demo's MLP)")
     parser.add_argument("--dataset", default="", help="another dataset (default: MNIST-1D)")
     parser.add_argument("--batch-size", type=int, default=0, help="another batch size (default: the demo's, 100)")

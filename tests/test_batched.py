@@ -142,7 +142,8 @@ def test_a_network_that_draws_random_numbers_is_trained_one_by_one_and_the_reaso
     # through a whole run: each job trains alone, so the results are those of --batch-jobs off
     problem = user_problem(model, data, 0)
     auto = run_imp(cfg, problem, tmp_path / "auto", quiet=True)
-    assert "training jobs one by one: the network draws random numbers" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert said.count("training jobs one by one: the network draws random numbers") == 1  # once, not per level
     off = run_imp(cfg, problem, tmp_path / "off", quiet=True, batch_jobs="off")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
     assert strip(auto.results(cfg)) == strip(off.results(cfg))

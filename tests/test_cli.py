@@ -138,8 +138,8 @@ def test_kill_minus_nine_then_resume_gives_the_uninterrupted_results(tmp_path):
         (["--units", "l1", "--criterion", "snip"], "leave --criterion at large_final"),
         (["--units", "l1", "--strategy", "global"], "--units l1 is layerwise"),
         (["--units", "l1", "--layer-fractions", "fc.2.weight=0.1"], "cannot be pruned as units"),
-        (["--batch-jobs", "0"], "--batch-jobs '0': give auto, off, or a number of jobs per pass"),
-        (["--batch-jobs", "many"], "--batch-jobs 'many': give auto, off"),
+        (["--batch-jobs", "0"], "--batch-jobs (batch_jobs=) '0': give auto, off, or a number of jobs per pass"),
+        (["--batch-jobs", "many"], "--batch-jobs (batch_jobs=) 'many': give auto, off"),
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(tmp_path, args, message):

@@ -83,3 +83,22 @@ def test_a_short_imp_run_on_cuda_gives_the_same_masks_when_run_again(tmp_path):
         a, b = (M.load_mask(RunDir(run.path).level(0, level).mask) for run in runs)
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), f"level {level}: masks differ"
     assert M.density(M.load_mask(RunDir(runs[0].path).level(0, 2).mask)) < 0.5  # it did prune
+
+
+def test_batched_jobs_on_cuda_end_where_one_by_one_training_ends():
+    import copy
+
+    from ticketlab.batched import train_batched
+
+    data = load_dataset("synthetic", device=CUDA)
+    cfg = TrainConfig(optimizer="adam", lr=1e-2, batch_size=50, steps="15it", eval_every="5it")
+    models = [initialize(create_model("mlp", data.input_shape, 10, widths=(64, 32)), "kaiming_normal", 0).to(CUDA)]
+    models += [copy.deepcopy(models[0]) for _ in range(2)]
+    masks = [half_mask(models[0], seed) for seed in range(3)]
+    alone = [copy.deepcopy(m) for m in models]
+    for model, mask, seed in zip(alone, masks, (0, 1, 2)):
+        train(model, data, cfg, mask=mask, data_seed=seed)
+    train_batched(models, data, cfg, masks=masks, data_seeds=[0, 1, 2])
+    for a, b in zip(alone, models):
+        for (name, x), y in zip(a.named_parameters(), b.parameters()):
+            assert y.device.type == "cuda" and torch.allclose(x, y, rtol=1e-4, atol=1e-5), name

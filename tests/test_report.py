@@ -150,7 +150,19 @@ def test_cost_table_sums_flops_and_wall_time_per_branch_and_shows_a_dash_for_old
     ]
     summary = cost_summary(rows)
     assert list(summary) == ["ticket", "reinit"]
-    assert summary["ticket"] == {"jobs": 2, "wall_time_s": 3.5, "train_flops": 120, "dense_flops": 200}
+    assert summary["ticket"] == {"jobs": 2, "counted": 2, "wall_time_s": 3.5, "train_flops": 120, "dense_flops": 200}
     assert summary["reinit"]["train_flops"] is None
     lines = cost_table(rows).splitlines()
     assert lines[3].split()[-3:] == ["120", "200", "60.0%"] and lines[4].split()[-3:] == ["-", "-", "-"]
+
+
+def test_the_cost_table_says_when_older_jobs_have_no_flops():
+    from ticketlab.report.tables import cost_table
+
+    rows = [
+        {"branch": "ticket", "wall_time_s": "1.0", "train_flops": "", "dense_flops": ""},
+        {"branch": "ticket", "wall_time_s": "2.0", "train_flops": "50", "dense_flops": "100"},
+    ]
+    text = cost_table(rows)
+    assert "2 (1 with FLOPs)" in text and "50.0%" in text and "count in the wall time only" in text
+    assert "(1 with FLOPs)" not in cost_table(rows[1:])

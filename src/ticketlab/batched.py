@@ -47,7 +47,7 @@ from ticketlab.training.objectives import CLASSIFICATION, Objective
 # project; benchmarks/gpu_check.sh measures it).
 CPU_WORK_LIMIT = 10_000_000
 AUTO_MAX_JOBS = 32  # a pass never stacks more jobs than this under "auto"
-MEMORY_SHARE = 0.25  # of the device's free memory (GPU) or of 16 GiB (CPU), for the stacked state
+MEMORY_SHARE = 0.25  # of the device's total memory (GPU) or of 16 GiB (CPU), for the stacked state
 
 
 def parse_setting(value: str | int) -> str | int:
@@ -59,7 +59,9 @@ def parse_setting(value: str | int) -> str | int:
         return text
     if text.isdigit() and int(text) >= 1:
         return int(text)
-    raise TicketlabError(f"--batch-jobs {str(value)[:40]!r}: give auto, off, or a number of jobs per pass (>= 1)")
+    raise TicketlabError(
+        f"--batch-jobs (batch_jobs=) {str(value)[:40]!r}: give auto, off, or a number of jobs per pass (>= 1)"
+    )
 
 
 def signature(model: nn.Module) -> tuple:
@@ -81,7 +83,10 @@ def jobs_per_pass(setting: str | int, model: nn.Module, cfg: TrainConfig, device
         if device.type == "cpu" and weights * cfg.batch_size > CPU_WORK_LIMIT:
             return 1
         per_job = 6 * 4 * weights  # weights, gradient, two optimizer moments, mask, a copy: float32 bytes
-        budget = MEMORY_SHARE * (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 16 * 2**30)
+        # total, not free, memory: the passes (and so the bytes a resumed run ends with) must not depend on what
+        # else holds the GPU at the moment
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 16 * 2**30
+        budget = MEMORY_SHARE * total
         return max(1, min(AUTO_MAX_JOBS, int(budget // max(per_job, 1))))
     return int(setting)
 

@@ -323,8 +323,8 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / f"ticket-level-{args.level}.pt2"
     info = export_ticket(Path(args.run_dir), args.level, out, replicate=args.replicate, weights=args.weights)
     print(
-        f"exported {out}: {info['params_after']:,} parameters (masked network: {info['params_before']:,}, "
-        f"{info['nonzero']:,} of them nonzero); largest output difference on {info['checked']} test inputs: "
+        f"exported {out}: {info['params_after']:,} parameters, {info['nonzero']:,} of them nonzero (masked "
+        f"network: {info['params_before']:,}); largest output difference on {info['checked']} test inputs: "
         f"{info['max_diff']:.2e}"
     )
     return 0

@@ -89,8 +89,9 @@ def run_imp(
     "off": CSR kernels for layers sparse enough, :mod:`ticketlab.sparse`).
     The run starts with one line on stderr saying what is not pruned, unless ``quiet``."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    sparse_kernels = str(sparse_kernels).strip().lower()
     if sparse_kernels not in ("auto", "off"):
-        raise TicketlabError(f"--sparse-kernels {str(sparse_kernels)[:40]!r}: give auto or off")
+        raise TicketlabError(f"--sparse-kernels (sparse_kernels=) {sparse_kernels[:40]!r}: give auto or off")
     executor = executor or functools.partial(run_jobs, batch_jobs=parse_setting(batch_jobs), kernels=sparse_kernels)
     plan = make_plan(config, problem)  # every check a user can fail, before anything is written
     if start_mask is not None:

@@ -78,7 +78,7 @@ def run_jobs(
     """
     setting = B.parse_setting(batch_jobs)
     records = [run.finished(job.files, job.inputs) for job in jobs]
-    for chunk in _passes(jobs, setting, progress):
+    for chunk in _passes(run, jobs, setting, progress):
         if all(records[i] is not None for i in chunk):
             continue
         if len(chunk) == 1:
@@ -90,7 +90,7 @@ def run_jobs(
     return records
 
 
-def _passes(jobs: Sequence[Job], setting: str | int, progress: bool | None) -> list[list[int]]:
+def _passes(run: RunDir, jobs: Sequence[Job], setting: str | int, progress: bool | None) -> list[list[int]]:
     """The jobs' indices, in passes: jobs that can be stacked (same data, training config, start, architecture)
     in even chunks of at most the setting's size; each other job alone."""
     groups: dict[tuple, list[int]] = {}
@@ -106,11 +106,19 @@ def _passes(jobs: Sequence[Job], setting: str | int, progress: bool | None) -> l
             why = B.unbatchable(model, job.train, job.data, job.data.objective or CLASSIFICATION) if size > 1 else None
             if why is not None:
                 size = 1
-                if progress is not None:
-                    print(f"ticketlab: training jobs one by one: {why}", file=sys.stderr, flush=True)
+                _say_once(run, f"training jobs one by one: {why}", asked=setting != "auto", progress=progress)
         count = -(-len(members) // size)  # passes of at most `size`, as even as can be
         passes += [members[k * len(members) // count : (k + 1) * len(members) // count] for k in range(count)]
     return sorted(passes)
+
+
+def _say_once(run: RunDir, text: str, *, asked: bool, progress: bool | None) -> None:
+    """Why jobs train one by one, once per run: a warning when batching was asked for (``--batch-jobs K``), else
+    a note (not printed by the quiet Python API, ``progress`` None)."""
+    if text in run.said or (progress is None and not asked):
+        return
+    run.said.add(text)
+    print(f"ticketlab: {'warning: ' if asked else ''}{text}", file=sys.stderr, flush=True)
 
 
 def run_job(run: RunDir, job: Job, *, progress: bool | None = False, kernels: str = "auto") -> dict[str, Any]:

@@ -126,6 +126,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.writing = False  # holding the lock, computing what is missing or damaged
+        self.said: set[str] = set()  # notes already printed for this run (said once, not per level)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -156,12 +156,16 @@ def disjoint_table(rows: list[dict[str, Any]]) -> str:
 
 
 def cost_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
-    """Per branch (trunk first): ``jobs``, total ``wall_time_s``, total ``train_flops`` and ``dense_flops`` (None
-    when no row of the branch records them: runs made before compute accounting), over all levels and replicates."""
+    """Per branch (trunk first): ``jobs``, total ``wall_time_s``, total ``train_flops`` and ``dense_flops`` over
+    the ``counted`` jobs that record them (None when none does: runs made before compute accounting), over all
+    levels and replicates."""
     totals: dict[str, dict[str, Any]] = {}
     for row in rows:
-        t = totals.setdefault(row["branch"], {"jobs": 0, "wall_time_s": 0.0, "train_flops": None, "dense_flops": None})
+        t = totals.setdefault(
+            row["branch"], {"jobs": 0, "counted": 0, "wall_time_s": 0.0, "train_flops": None, "dense_flops": None}
+        )
         t["jobs"] += 1
+        t["counted"] += row.get("train_flops") not in (None, "") and row.get("dense_flops") not in (None, "")
         t["wall_time_s"] += float(row.get("wall_time_s") or 0.0)
         for key in ("train_flops", "dense_flops"):
             if row.get(key) not in (None, ""):
@@ -182,7 +186,7 @@ def cost_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         [
             LABELS.get(b, b),
-            str(t["jobs"]),
+            str(t["jobs"]) + ("" if t["counted"] in (0, t["jobs"]) else f" ({t['counted']} with FLOPs)"),
             f"{t['wall_time_s']:.1f}",
             _flops(t["train_flops"]),
             _flops(t["dense_flops"]),
@@ -193,4 +197,7 @@ def cost_table(rows: list[dict[str, Any]]) -> str:
     total = sum(t["wall_time_s"] for t in summary.values())
     title = f"cost per branch, all levels and replicates (wall time in all: {total:.1f} s)"
     note = "FLOPs: 3 x forward x examples trained + forward x examples evaluated, 2 per multiply-accumulate"
+    if any(t["counted"] != t["jobs"] for t in summary.values()):
+        note += "; jobs made before ticketlab recorded FLOPs count in the wall time only"
+    note += "\nwall time: a job trained in a batched pass counts its share of the pass (the pass's time / its jobs)"
     return _layout(title, head, lines, left=1) + "\n" + note
