@@ -74,50 +74,77 @@ def test_sparsify_follows_the_break_even_table():
         SparseLinear(nn.Linear(3, 2), torch.ones(3, 2, dtype=torch.bool))
 
 
-def test_training_swaps_sparse_layers_in_and_back_and_ends_where_masked_dense_training_ends():
+class _Look:
+    """An observer that never reads the network mid-training (like the progress bar), noting what it is shown."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_begin(self, model, start, end):
+        pass
+
+    def wants_model(self, step):
+        return False
+
+    def on_step(self, step, m):
+        self.seen.append((type(m.fc[0]).__name__, m.fc[0].out_features))
+
+    def on_eval(self, step, row):
+        pass
+
+    def on_end(self, m, result):
+        self.seen.append((type(m.fc[0]).__name__, m.fc[0].out_features))
+
+
+def _ticket():
     from conftest import tiny_config
 
     from ticketlab.data import load_dataset
     from ticketlab.problem import registry_problem
-    from ticketlab.training import train
 
     cfg = tiny_config(model={"widths": (300, 100)}, train={"steps": "30it", "lr": 5e-3})
     data = load_dataset("synthetic")
     model = registry_problem(cfg, data).init_model(0)
     g = torch.Generator().manual_seed(1)
-    mask = {  # the first layer at 0.8% (below its break-even), the others at 50% (above)
+    mask = {  # the first layer at 0.8% (below its break-even; most of its units are left without inputs)
         "fc.0.weight": torch.rand(300, 20, generator=g) < 0.008,
         "fc.1.weight": torch.rand(100, 300, generator=g) < 0.5,
         "fc.2.weight": torch.rand(10, 100, generator=g) < 0.5,
     }
-    assert break_even(300, 20) >= 0.008 and break_even(100, 300) < 0.5
-    first = model.fc[0]
-    seen = []
+    return cfg, data, model, mask
 
-    class Look:  # an observer that never reads the network mid-training (like the progress bar)
-        def on_begin(self, model, start, end):
-            pass
 
-        def wants_model(self, step):
-            return False
+def _same_training(cfg, data, model, mask, look):
+    from ticketlab.training import train
 
-        def on_step(self, step, m):
-            seen.append(type(m.fc[0]).__name__)
-
-        def on_eval(self, step, row):
-            pass
-
-        def on_end(self, m, result):
-            seen.append(type(m.fc[0]).__name__)
-
-    sparse_run, dense_run = copy.deepcopy(model), copy.deepcopy(model)
-    first = sparse_run.fc[0]
-    a = train(sparse_run, data, cfg.train, mask=mask, data_seed=0, observers=[Look()])
-    b = train(dense_run, data, cfg.train, mask=mask, data_seed=0, kernels="off")
-    assert seen[0] == "SparseLinear" and seen[-1] == "Linear"  # sparse while training, the original after
-    assert sparse_run.fc[0] is first  # the very module, with its state-dict keys
-    assert sparse_run.state_dict().keys() == dense_run.state_dict().keys()
-    for (name, p), q in zip(sparse_run.named_parameters(), dense_run.parameters()):
-        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
-    assert bool((sparse_run.fc[0].weight[~mask["fc.0.weight"]] == 0).all())
+    fast, dense = copy.deepcopy(model), copy.deepcopy(model)
+    first = fast.fc[0]
+    a = train(fast, data, cfg.train, mask=mask, data_seed=0, observers=[look])
+    b = train(dense, data, cfg.train, mask=mask, data_seed=0, kernels="off")
+    assert fast.fc[0] is first  # the very module, with its state-dict keys and full shapes
+    assert fast.state_dict().keys() == dense.state_dict().keys()
+    for (name, p), q in zip(fast.named_parameters(), dense.parameters()):
+        assert p.shape == q.shape and torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
+    assert bool((fast.fc[0].weight[~mask["fc.0.weight"]] == 0).all())
     assert a.final_test_acc == pytest.approx(b.final_test_acc, abs=0.01)
+
+
+def test_training_swaps_sparse_layers_in_and_back_and_ends_where_masked_dense_training_ends(monkeypatch):
+    from ticketlab import training
+
+    cfg, data, model, mask = _ticket()
+    assert break_even(300, 20) >= 0.008 and break_even(100, 300) < 0.5
+    monkeypatch.setattr(training, "compacted", lambda *a: None)  # the kernels alone
+    look = _Look()
+    _same_training(cfg, data, model, mask, look)
+    assert look.seen[0] == ("SparseLinear", 300) and look.seen[-1] == ("Linear", 300)
+
+
+def test_training_drops_dead_units_and_ends_where_masked_dense_training_ends():
+    cfg, data, model, mask = _ticket()
+    alive_rows = int(mask["fc.0.weight"].any(1).sum())
+    look = _Look()
+    _same_training(cfg, data, model, mask, look)
+    # trained as a smaller network: the first layer's units without inputs (ReLU of a bias that may be > 0 keep
+    # feeding a constant, so only those with bias <= 0 go), back to full size after
+    assert alive_rows <= look.seen[0][1] < 300 and look.seen[-1] == ("Linear", 300)

@@ -21,11 +21,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from ticketlab.config import TrainConfig
 from ticketlab.data import Dataset, batches, iterations_per_epoch
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
+from ticketlab.pruning.compact import compact
 from ticketlab.pruning.units import add_slimming_grad
 from ticketlab.sparse import swap_in, swap_out
 from ticketlab.training.objectives import CLASSIFICATION, Objective, evaluate
@@ -215,20 +217,22 @@ def train(
     schedule = Schedule.from_config(cfg, per_epoch)
     end = schedule.total if until is None else min(until, schedule.total)
     eval_every = cfg.eval_every.iterations(per_epoch)
-    masked = MaskedParams(model, mask)
-    masked.mask_weights()
-    swapped: dict[str, nn.Module] = {}
+    MaskedParams(model, mask).mask_weights()
+    net, compaction, swapped = model, None, {}
     if kernels == "auto" and data.train.x.device.type == "cpu" and not _watched(observers, start, end):
-        swapped = swap_in(model, mask)  # Linear layers sparse enough to train faster as CSR (ticketlab.sparse)
-        masked = MaskedParams(model, {n: m for n, m in mask.items() if n.removesuffix(".weight") not in swapped})
+        found = compacted(model, mask, data.input_shape, cfg)  # dead units removed, if there are any
+        if found is not None:
+            net, mask, compaction = found
+        swapped = swap_in(net, mask)  # Linear layers sparse enough to train faster as CSR (ticketlab.sparse)
+    masked = MaskedParams(net, {n: m for n, m in mask.items() if n.removesuffix(".weight") not in swapped})
     try:
-        optimizer = make_optimizer(list(model.parameters()), cfg)
+        optimizer = make_optimizer(list(net.parameters()), cfg)
         metrics: list[dict[str, Any]] = []
         running, seen = torch.zeros((), device=data.train.x.device), 0
         precision = precision_context(cfg, data.train.x.device)
         memory_format = torch.channels_last if cfg.channels_last and len(data.input_shape) == 3 else None
         if memory_format is not None:
-            model.to(memory_format=memory_format)
+            net.to(memory_format=memory_format)
 
         def record(step: int) -> dict[str, Any]:
             nonlocal running, seen
@@ -243,8 +247,8 @@ def train(
                     )
             with precision():
                 if data.val is not None:
-                    row["val_loss"], row["val_acc"] = evaluate(model, data.val, objective)
-                row["test_loss"], row["test_acc"] = evaluate(model, data.test, objective)
+                    row["val_loss"], row["val_acc"] = evaluate(net, data.val, objective)
+                row["test_loss"], row["test_acc"] = evaluate(net, data.test, objective)
             metrics.append(row)
             for o in observers:
                 o.on_eval(step, row)
@@ -253,8 +257,8 @@ def train(
         for o in observers:
             o.on_begin(model, start, end)
         record(start)
-        model.train()
-        # Randomness inside the model (dropout) is seeded per step, so a run resumed at any step reproduces it;
+        net.train()
+        # Randomness inside the net (dropout) is seeded per step, so a run resumed at any step reproduces it;
         # forked, so the caller's random state is left as it was.
         # (Seeding that device's generator directly: torch.manual_seed seeds every backend, ~120 us a step on CPU.)
         device = data.train.x.device
@@ -270,11 +274,11 @@ def train(
                 if memory_format is not None:
                     x = x.contiguous(memory_format=memory_format)
                 with precision():
-                    loss = objective.loss(model(x), y)
+                    loss = objective.loss(net(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.slimming:
-                    add_slimming_grad(model, cfg.slimming)
+                    add_slimming_grad(net, cfg.slimming)
                 masked.mask_grads()
                 optimizer.step()
                 masked.mask_weights()
@@ -283,19 +287,21 @@ def train(
                 done = it + 1
                 if done % eval_every == 0 or done == end:
                     record(done)
-                    model.train()
+                    net.train()
                 for o in observers:
-                    o.on_step(done, model)
+                    o.on_step(done, net)
         masked.check(optimizer)
         key = "val_loss" if data.val is not None else "test_loss"
         best = min(metrics, key=lambda r: r[key])
         with precision():
             # a fixed sample, so that a big training set does not cost a long pass per job on a CPU
-            _, train_acc = evaluate(model, data.train.head(TRAIN_ACC_SAMPLE), objective)
+            _, train_acc = evaluate(net, data.train.head(TRAIN_ACC_SAMPLE), objective)
         if memory_format is not None:
-            model.to(memory_format=torch.contiguous_format)
+            net.to(memory_format=torch.contiguous_format)
     finally:
-        swap_out(model, swapped)  # the model the caller gave, dense again, whatever happened
+        swap_out(net, swapped)  # the model the caller gave, dense and full-size again, whatever happened
+        if compaction is not None:
+            model.load_state_dict(compaction.full_state(net.state_dict()))
     result = TrainResult(
         metrics=metrics,
         final_test_acc=metrics[-1]["test_acc"],
@@ -307,6 +313,26 @@ def train(
     for o in observers:
         o.on_end(model, result)
     return result
+
+
+def compacted(model: nn.Module, mask: Mask, input_shape: tuple[int, ...], cfg: TrainConfig):
+    """``(small network, its mask, the map back)`` without the ticket's dead units, exactly for training
+    (:func:`ticketlab.pruning.compact.compact`), or None: when no mask has an empty row or column (then no unit
+    can be dead; a cheap test that spares the trace), nothing is removed, the network cannot be traced, draws
+    dropout (other shapes, other draws), or trains with network slimming."""
+    empty = any(
+        m.dim() >= 2 and (not bool(m.flatten(1).any(1).all()) or not bool(m.transpose(0, 1).flatten(1).any(1).all()))
+        for m in mask.values()
+    )
+    if not empty or cfg.slimming or any(isinstance(m, _DropoutNd) and m.p > 0 for m in model.modules()):
+        return None
+    try:
+        small, small_mask, compaction = compact(model, mask, input_shape, training=True)
+    except Exception:  # a network find_units cannot trace trains whole
+        return None
+    if compaction.params_after == compaction.params_before:
+        return None
+    return small.to(next(model.parameters()).device).train(model.training), small_mask, compaction
 
 
 def _watched(observers: tuple[Observer, ...] | list[Observer], start: int, end: int) -> bool:
