@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
 from ticketlab.config import TrainConfig
@@ -319,12 +320,19 @@ def compacted(model: nn.Module, mask: Mask, input_shape: tuple[int, ...], cfg: T
     """``(small network, its mask, the map back)`` without the ticket's dead units, exactly for training
     (:func:`ticketlab.pruning.compact.compact`), or None: when no mask has an empty row or column (then no unit
     can be dead; a cheap test that spares the trace), nothing is removed, the network cannot be traced, draws
-    dropout (other shapes, other draws), or trains with network slimming."""
+    dropout (other shapes, other draws), or trains with network slimming; and when the full network would move
+    what the small one drops -- weight decay shrinks a dead unit's weights (which later levels rank), BatchNorm
+    updates a dead channel's running statistics -- so that training stays the same, to float rounding."""
     empty = any(
         m.dim() >= 2 and (not bool(m.flatten(1).any(1).all()) or not bool(m.transpose(0, 1).flatten(1).any(1).all()))
         for m in mask.values()
     )
-    if not empty or cfg.slimming or any(isinstance(m, _DropoutNd) and m.p > 0 for m in model.modules()):
+    if not empty or cfg.slimming or cfg.weight_decay:
+        return None
+    if any(
+        (isinstance(m, _DropoutNd) and m.p > 0) or (isinstance(m, _NormBase) and m.track_running_stats)
+        for m in model.modules()
+    ):
         return None
     try:
         small, small_mask, compaction = compact(model, mask, input_shape, training=True)
