@@ -7,7 +7,8 @@ train as one: their parameters, buffers, masks and optimizer state are stacked a
 ``functional_call``, the loss is the sum of the jobs' losses (so each job's gradient is its own), and one
 optimizer steps the stacked tensors. Adam and SGD act elementwise, so each job's update is the one it would get
 alone. Each job keeps its own data order and augmentation draws (its ``data_seed``); jobs sharing a data seed
-share the gathered batch.
+share the gathered batch. A network of Linear layers and parameter-free operations runs faster as one batched
+matmul per layer on the jobs' inputs laid end to end, used once it gives what ``vmap`` gives on a first batch.
 
 Results equal one-by-one training to float tolerance (batched matmuls round differently), not bit for bit: the
 same jobs batched the same way give the same bytes, which is what resuming relies on (see

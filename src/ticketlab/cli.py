@@ -297,6 +297,7 @@ def _branch(args: argparse.Namespace) -> int:
         sparse_kernels=args.sparse_kernels,
     )
     print(imp_table(rows, args.metric))
+    print("\n" + cost_table(rows))
     print(f"\nresults: {Path(args.run_dir) / 'results.csv'}")
     return 0
 
