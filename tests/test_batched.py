@@ -197,7 +197,10 @@ def test_auto_batches_small_networks_on_a_cpu_and_leaves_big_ones_alone():
     small = create_model("mlp", (40,), 10)
     big = create_model("lenet_300_100", (1, 28, 28), 10)
     assert B.jobs_per_pass("auto", small, cfg, cpu) == B.AUTO_MAX_JOBS
-    assert B.jobs_per_pass("auto", big, dataclasses.replace(cfg, batch_size=128), cpu) == 1
+    lenet = dataclasses.replace(cfg, batch_size=128)  # 34M multiply-accumulates a step: only with many jobs
+    assert B.jobs_per_pass("auto", big, lenet, cpu, jobs=3) == 1
+    assert B.jobs_per_pass("auto", big, lenet, cpu, jobs=9) == B.AUTO_MAX_JOBS
+    assert B.jobs_per_pass("auto", big, dataclasses.replace(cfg, batch_size=512), cpu, jobs=9) == 1
     assert B.jobs_per_pass("off", small, cfg, cpu) == 1
     assert B.jobs_per_pass(4, big, cfg, cpu) == 4
 

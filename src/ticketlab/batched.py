@@ -43,10 +43,14 @@ from ticketlab.training.objectives import CLASSIFICATION, Objective
 # "auto" batches a network whose training step is small enough to be dominated by per-operation overhead: at most
 # this many multiply-accumulates per step (weights x batch size) on a CPU. Measured with benchmarks/batched_speed.py
 # on the 2-core CPU VM: the MNIST-1D MLP (15K weights, batch 100) trains 2.7x faster with 9 jobs batched, 3.7x with
-# 27; LeNet-300-100 (266K weights, batch 128; 34M) is compute-bound there, so it is left alone. On a GPU small
+# 27. Up to CPU_WORK_MEDIUM a network gains only from many jobs: LeNet-300-100 (266K weights, batch 128; 34M)
+# trains 0.74-0.80x as fast with 3 jobs batched, 1.45-1.51x with 9; so auto batches such a network only when at
+# least MEDIUM_MIN_JOBS jobs share a pass. Beyond it (ResNets, VGG) nothing is batched on a CPU. On a GPU small
 # networks are launch-bound, so auto batches up to memory there -- not yet measured (no GPU has been lent to the
 # project; benchmarks/gpu_check.sh measures it).
 CPU_WORK_LIMIT = 10_000_000
+CPU_WORK_MEDIUM = 50_000_000
+MEDIUM_MIN_JOBS = 6
 AUTO_MAX_JOBS = 32  # a pass never stacks more jobs than this under "auto"
 MEMORY_SHARE = 0.25  # of the device's total memory (GPU) or of 16 GiB (CPU), for the stacked state
 
@@ -74,14 +78,18 @@ def signature(model: nn.Module) -> tuple:
     )
 
 
-def jobs_per_pass(setting: str | int, model: nn.Module, cfg: TrainConfig, device: torch.device) -> int:
-    """How many jobs of ``model`` one pass stacks: 1 for "off"; the given number; or, for "auto", as many as fit
-    the memory share when a step is small enough to gain (on a CPU, ``CPU_WORK_LIMIT``), else 1."""
+def jobs_per_pass(
+    setting: str | int, model: nn.Module, cfg: TrainConfig, device: torch.device, jobs: int = AUTO_MAX_JOBS
+) -> int:
+    """How many of ``jobs`` jobs of ``model`` one pass stacks: 1 for "off"; the given number; or, for "auto", as
+    many as fit the memory share when a step is small enough to gain (on a CPU: ``CPU_WORK_LIMIT``, or up to
+    ``CPU_WORK_MEDIUM`` with at least ``MEDIUM_MIN_JOBS`` jobs), else 1."""
     if setting == "off":
         return 1
     weights = sum(p.numel() for p in model.parameters())
     if setting == "auto":
-        if device.type == "cpu" and weights * cfg.batch_size > CPU_WORK_LIMIT:
+        limit = CPU_WORK_LIMIT if jobs < MEDIUM_MIN_JOBS else CPU_WORK_MEDIUM
+        if device.type == "cpu" and weights * cfg.batch_size > limit:
             return 1
         per_job = 6 * 4 * weights  # weights, gradient, two optimizer moments, mask, a copy: float32 bytes
         # total, not free, memory: the passes (and so the bytes a resumed run ends with) must not depend on what

@@ -102,7 +102,7 @@ def _passes(run: RunDir, jobs: Sequence[Job], setting: str | int, progress: bool
         if len(members) > 1 and setting != "off":
             model, _ = jobs[members[0]].build()
             job = jobs[members[0]]
-            size = B.jobs_per_pass(setting, model, job.train, job.data.train.x.device)
+            size = B.jobs_per_pass(setting, model, job.train, job.data.train.x.device, len(members))
             why = B.unbatchable(model, job.train, job.data, job.data.objective or CLASSIFICATION) if size > 1 else None
             if why is not None:
                 size = 1
