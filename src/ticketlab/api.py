@@ -83,6 +83,7 @@ def find_ticket(
     output_fn: Callable[[Any], torch.Tensor] | None = None,
     batch_jobs: str | int = "auto",
     sparse_kernels: str = "auto",
+    tensorboard: str | Path | None = None,
     **options: Any,
 ) -> TicketSearch:
     """Run IMP on any ``nn.Module`` and return the ticket (mask + rewound weights) at the last level.
@@ -104,7 +105,8 @@ def find_ticket(
     a level's independent jobs (replicates, baselines) together where faster ("auto"), never ("off"), or at most
     K at a time; results equal one-by-one training to float tolerance (:mod:`ticketlab.batched`).
     ``sparse_kernels``: "auto" trains Linear layers sparser than their measured break-even with CSR kernels
-    (:mod:`ticketlab.sparse`), "off" keeps them dense and masked; equal to float tolerance too. Every mistake (an
+    (:mod:`ticketlab.sparse`), "off" keeps them dense and masked; equal to float tolerance too. ``tensorboard``: a
+    directory for each job's TensorBoard scalars (:mod:`ticketlab.tensorboard`). Every mistake (an
     option naming a model or dataset, bad data or labels, a model that cannot take the data) is a TicketlabError,
     before anything is trained.
     """
@@ -150,6 +152,7 @@ def find_ticket(
             start_mask=imported or None,
             batch_jobs=batch_jobs,
             sparse_kernels=sparse_kernels,
+            tensorboard=tensorboard,
         )
         search = TicketSearch(run, run.results(cfg), run.ticket(level_count(cfg), 0, dev))
     except BaseException:

@@ -68,6 +68,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or JSON file with sections data/model/train/prune/imp")
     p.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--tensorboard", metavar="DIR", help="write every job's scalars for TensorBoard under DIR")
     p.add_argument(
         "--sparse-kernels",
         default="auto",
@@ -118,6 +119,7 @@ def _branch_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("name", help="the branch")
     b.add_argument("--levels", help="comma-separated levels (default: every finished level)")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    b.add_argument("--tensorboard", metavar="DIR", help="write every job's scalars for TensorBoard under DIR")
     b.add_argument("--sparse-kernels", default="auto", choices=("auto", "off"), help="as for imp (default: auto)")
     b.add_argument(
         "--batch-jobs",
@@ -245,6 +247,7 @@ def _imp(args: argparse.Namespace) -> int:
         progress=progress,
         batch_jobs=args.batch_jobs,
         sparse_kernels=args.sparse_kernels,
+        tensorboard=args.tensorboard,
     )
     rows = run.results(cfg, quiet=True)
     print(imp_table(rows, args.metric))
@@ -273,6 +276,7 @@ def _criteria(args: argparse.Namespace) -> int:
         progress=progress,
         batch_jobs=args.batch_jobs,
         sparse_kernels=args.sparse_kernels,
+        tensorboard=args.tensorboard,
     )
     print(criteria_table(rows, args.metric))
     print(f"\ncomparison: {where / 'criteria.csv'}\nplot: {where / 'criteria.png'}")
@@ -295,6 +299,7 @@ def _branch(args: argparse.Namespace) -> int:
         progress=progress,
         batch_jobs=args.batch_jobs,
         sparse_kernels=args.sparse_kernels,
+        tensorboard=args.tensorboard,
     )
     print(imp_table(rows, args.metric))
     print("\n" + cost_table(rows))
@@ -314,6 +319,7 @@ def _disjoint(args: argparse.Namespace) -> int:
         progress=progress,
         batch_jobs=args.batch_jobs,
         sparse_kernels=args.sparse_kernels,
+        tensorboard=args.tensorboard,
     )
     print(disjoint_table(rows))
     print(f"\nrounds: {where / 'disjoint.csv'}")

@@ -66,9 +66,10 @@ def compare(
     progress: bool = False,
     batch_jobs: str | int = "auto",
     sparse_kernels: str = "auto",
+    tensorboard: str | Path | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run (or resume) every (criterion, density) and write ``criteria.csv`` and ``criteria.png`` into a
-    directory named by the comparison; return it and the rows. ``batch_jobs``, ``sparse_kernels``: see
+    directory named by the comparison; return it and the rows. ``batch_jobs``, ``sparse_kernels``, ``tensorboard``: see
     :func:`ticketlab.imp.run_imp`."""
     plan = configs(base, criteria, densities, mode)
     key = json.dumps([base.run_hash(), criteria, densities, mode])
@@ -77,7 +78,15 @@ def compare(
     )
     rows: list[dict[str, Any]] = []
     for criterion, how, target, cfg in plan:
-        run = imp(cfg, out=out, device=device, progress=progress, batch_jobs=batch_jobs, sparse_kernels=sparse_kernels)
+        run = imp(
+            cfg,
+            out=out,
+            device=device,
+            progress=progress,
+            batch_jobs=batch_jobs,
+            sparse_kernels=sparse_kernels,
+            tensorboard=tensorboard,
+        )
         for row in run.results(cfg, quiet=True):
             if row["level"] == 1:
                 rows.append({"criterion": criterion, "mode": how, "target_density": target, **row})

@@ -40,10 +40,15 @@ def disjoint(
     progress: bool = False,
     batch_jobs: str | int = "auto",
     sparse_kernels: str = "auto",
+    tensorboard: str | Path | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run (or resume) ``rounds`` rounds; write and return one row per round (``forbidden``: the fraction of
     weights earlier tickets hold; ``overlap``: weights this ticket shares with them, 0 when forbidding)."""
-    how = {"batch_jobs": batch_jobs, "sparse_kernels": sparse_kernels}  # how jobs train: run_imp's options
+    how = {
+        "batch_jobs": batch_jobs,
+        "sparse_kernels": sparse_kernels,
+        "tensorboard": tensorboard,
+    }  # how jobs train: run_imp's options
     if exclude not in EXCLUDE:
         raise TicketlabError(f"--exclude must be forbid or reinit, not {exclude!r}")
     if rounds < 1:

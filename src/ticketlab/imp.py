@@ -43,6 +43,7 @@ from ticketlab.rundir import RunDir, level_count
 from ticketlab.scores import Examples
 from ticketlab.seeds import derive_seed
 from ticketlab.store import load_tensors, tensor_digest
+from ticketlab.tensorboard import writer_class
 from ticketlab.training.objectives import CLASSIFICATION
 
 
@@ -54,15 +55,24 @@ def imp(
     progress: bool = False,
     batch_jobs: str | int = "auto",
     sparse_kernels: str = "auto",
+    tensorboard: str | Path | None = None,
 ) -> RunDir:
     """Run (or resume) the configured experiment in ``out/<model>-<dataset>-<hash>``; everything a user can get
-    wrong is checked before anything is written (TicketlabError). ``batch_jobs``, ``sparse_kernels``: see
-    :func:`run_imp`."""
+    wrong is checked before anything is written (TicketlabError). ``batch_jobs``, ``sparse_kernels``,
+    ``tensorboard``: see :func:`run_imp`."""
     parse_setting(batch_jobs)
     data = load_configured(config.data, resolve_device(device))
     run = RunDir(Path(out) / f"{config.model.model}-{config.data.dataset}-{config.run_hash()}")
     problem = registry_problem(config, data)
-    return run_imp(config, problem, run, progress=progress, batch_jobs=batch_jobs, sparse_kernels=sparse_kernels)
+    return run_imp(
+        config,
+        problem,
+        run,
+        progress=progress,
+        batch_jobs=batch_jobs,
+        sparse_kernels=sparse_kernels,
+        tensorboard=tensorboard,
+    )
 
 
 def run_imp(
@@ -75,6 +85,7 @@ def run_imp(
     executor: Executor | None = None,
     batch_jobs: str | int = "auto",
     sparse_kernels: str = "auto",
+    tensorboard: str | Path | None = None,
     quiet: bool = False,
 ) -> RunDir:
     """Run (or resume) ``config`` on ``problem`` in ``run_dir``; writes and returns the run (its ``results.csv``
@@ -86,13 +97,18 @@ def run_imp(
     ``executor``: what trains each list of independent jobs (level 0 of every replicate; then each level's ticket
     and baselines of every replicate); by default :func:`ticketlab.jobs.run_jobs` with ``batch_jobs`` ("auto",
     "off" or K: how many jobs may train together, :mod:`ticketlab.batched`) and ``sparse_kernels`` ("auto" or
-    "off": CSR kernels for layers sparse enough, :mod:`ticketlab.sparse`).
+    "off": CSR kernels for layers sparse enough, :mod:`ticketlab.sparse`), writing each job's TensorBoard
+    scalars under ``tensorboard`` when given (:mod:`ticketlab.tensorboard`).
     The run starts with one line on stderr saying what is not pruned, unless ``quiet``."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     sparse_kernels = str(sparse_kernels).strip().lower()
     if sparse_kernels not in ("auto", "off"):
         raise TicketlabError(f"--sparse-kernels (sparse_kernels=) {sparse_kernels[:40]!r}: give auto or off")
-    executor = executor or functools.partial(run_jobs, batch_jobs=parse_setting(batch_jobs), kernels=sparse_kernels)
+    if tensorboard is not None:
+        writer_class()  # the package is there, before anything runs
+    executor = executor or functools.partial(
+        run_jobs, batch_jobs=parse_setting(batch_jobs), kernels=sparse_kernels, tensorboard=tensorboard
+    )
     plan = make_plan(config, problem)  # every check a user can fail, before anything is written
     if start_mask is not None:
         if plan.from_dense:

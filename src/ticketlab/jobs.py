@@ -30,6 +30,7 @@ from ticketlab.prunable import check_zero_safe, density_all
 from ticketlab.pruning.collapse import effective_density
 from ticketlab.rundir import JobFiles, RunDir
 from ticketlab.store import atomic_write_text, save_tensors, sha256_bytes, write_record
+from ticketlab.tensorboard import TensorBoard, log_dir
 from ticketlab.training import TRAIN_ACC_SAMPLE, Observer, SaveAt, TrainResult, train
 from ticketlab.training.objectives import CLASSIFICATION
 
@@ -66,6 +67,7 @@ def run_jobs(
     progress: bool | None = False,
     batch_jobs: str | int = "off",
     kernels: str = "auto",
+    tensorboard: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train the unfinished ``jobs`` of ``run`` in this process and return every job's result record.
 
@@ -74,7 +76,8 @@ def run_jobs(
     whole list, finished jobs included, and a pass with any unfinished job is trained whole, writing only the
     unfinished ones: a resumed run trains exactly the passes an uninterrupted one did, so it ends with the same
     bytes. Jobs that cannot be batched train one by one (the reason said once, unless ``progress`` is None).
-    ``kernels``: sparse kernels for jobs trained one by one (:func:`ticketlab.training.train`).
+    ``kernels``: sparse kernels for jobs trained one by one (:func:`ticketlab.training.train`). ``tensorboard``: a
+    directory for each job's TensorBoard scalars (:mod:`ticketlab.tensorboard`).
     """
     setting = B.parse_setting(batch_jobs)
     records = [run.finished(job.files, job.inputs) for job in jobs]
@@ -82,9 +85,11 @@ def run_jobs(
         if all(records[i] is not None for i in chunk):
             continue
         if len(chunk) == 1:
-            records[chunk[0]] = run_job(run, jobs[chunk[0]], progress=progress, kernels=kernels)
+            job = jobs[chunk[0]]
+            records[chunk[0]] = run_job(run, job, progress=progress, kernels=kernels, tensorboard=tensorboard)
             continue
-        done = run_batch(run, [jobs[i] for i in chunk], [records[i] is None for i in chunk], progress=progress)
+        write = [records[i] is None for i in chunk]
+        done = run_batch(run, [jobs[i] for i in chunk], write, progress=progress, tensorboard=tensorboard)
         for i, record in zip(chunk, done):
             records[i] = records[i] or record
     return records
@@ -121,12 +126,23 @@ def _say_once(run: RunDir, text: str, *, asked: bool, progress: bool | None) -> 
     print(f"ticketlab: {'warning: ' if asked else ''}{text}", file=sys.stderr, flush=True)
 
 
-def run_job(run: RunDir, job: Job, *, progress: bool | None = False, kernels: str = "auto") -> dict[str, Any]:
+def run_job(
+    run: RunDir,
+    job: Job,
+    *,
+    progress: bool | None = False,
+    kernels: str = "auto",
+    tensorboard: str | Path | None = None,
+) -> dict[str, Any]:
     """Train one job and write its outputs; its ``result.json`` is written last, so it exists only for a
     complete job. Returns the result record."""
     model, mask = job.build()
     files = _start_files(run, job, model, mask)
-    observers: list[Observer] = [Progress(job, mask, progress), *_rewind_saver(run, job, files)]
+    observers: list[Observer] = [
+        Progress(job, mask, progress),
+        *_rewind_saver(run, job, files),
+        *_board(run, job, mask, tensorboard),
+    ]
     result = train(
         model,
         job.data,
@@ -141,17 +157,28 @@ def run_job(run: RunDir, job: Job, *, progress: bool | None = False, kernels: st
 
 
 def run_batch(
-    run: RunDir, jobs: Sequence[Job], write: Sequence[bool], *, progress: bool | None = False
+    run: RunDir,
+    jobs: Sequence[Job],
+    write: Sequence[bool],
+    *,
+    progress: bool | None = False,
+    tensorboard: str | Path | None = None,
 ) -> list[dict[str, Any] | None]:
     """Train ``jobs`` together (:func:`ticketlab.batched.train_batched`) and write those marked in ``write``;
     returns their result records (None for the others). Jobs whose networks turn out not to stack are trained
     one by one instead."""
     built = [job.build() for job in jobs]
     if len({B.signature(model) for model, _ in built}) != 1:
-        return [run_job(run, job, progress=progress) if w else None for job, w in zip(jobs, write)]
+        return [
+            run_job(run, job, progress=progress, tensorboard=tensorboard) if w else None for job, w in zip(jobs, write)
+        ]
     files = [_start_files(run, job, model, mask) if w else {} for job, (model, mask), w in zip(jobs, built, write)]
     observers = [
-        [Progress(job, mask, progress if w else None), *(_rewind_saver(run, job, f) if w else [])]
+        [
+            Progress(job, mask, progress if w else None),
+            *(_rewind_saver(run, job, f) if w else []),
+            *(_board(run, job, mask, tensorboard) if w else []),
+        ]
         for job, (_, mask), w, f in zip(jobs, built, write, files)
     ]
     results = B.train_batched(
@@ -178,6 +205,13 @@ def _start_files(run: RunDir, job: Job, model: nn.Module, mask: M.Mask) -> dict[
     if job.mask_file is not None:
         files[run.rel(job.mask_file)] = M.save_mask(job.mask_file, mask)
     return files
+
+
+def _board(run: RunDir, job: Job, mask: M.Mask, tensorboard: str | Path | None) -> list[Observer]:
+    """The job's TensorBoard writer, when a directory was given."""
+    if tensorboard is None:
+        return []
+    return [TensorBoard(log_dir(tensorboard, run.path.name, job.files), mask)]
 
 
 def _rewind_saver(run: RunDir, job: Job, files: dict[str, str]) -> list[Observer]:

@@ -117,11 +117,13 @@ def run_branch(
     progress: bool = False,
     batch_jobs: str | int = "auto",
     sparse_kernels: str = "auto",
+    tensorboard: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) branch ``name`` off finished levels of the IMP run in ``run_dir`` (every finished level
     when ``levels`` is None) and return the rows of the updated ``results.csv``. ``batch_jobs``: how many of the
     branch's jobs (its levels, over replicates) may train together: "auto", "off" or K (:mod:`ticketlab.batched`);
-    ``sparse_kernels``: "auto" or "off" (:mod:`ticketlab.sparse`)."""
+    ``sparse_kernels``: "auto" or "off" (:mod:`ticketlab.sparse`); ``tensorboard``: a directory for each job's
+    TensorBoard scalars (:mod:`ticketlab.tensorboard`)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     batch_jobs = parse_setting(batch_jobs)
     opts = parse_options(name, options or {})
@@ -140,7 +142,7 @@ def run_branch(
     request = _Request(run, branch, opts, label(name, opts), cfg, problem, plan, target, target_problem)
     with run.lock():
         jobs = [_branch_job(request, r, level) for r in range(cfg.imp.replicates) for level in levels]
-        run_jobs(run, jobs, progress=progress, batch_jobs=batch_jobs, kernels=sparse_kernels)
+        run_jobs(run, jobs, progress=progress, batch_jobs=batch_jobs, kernels=sparse_kernels, tensorboard=tensorboard)
         rows = run.results(cfg)
         run.write_results(rows)
     return rows
