@@ -202,7 +202,12 @@ def _ray_tasks(specs: list[Spec], out: str, device: str, address: str | None):
     pending = {task.remote(s.config.to_dict(), out, device, 1): i for i, s in enumerate(specs)}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        ray.get(done[0])  # a run's own error (TicketlabError) is raised here
+        try:
+            ray.get(done[0])
+        except ray.exceptions.RayTaskError as e:  # a run's own error, as the one line it is, not Ray's traceback
+            if isinstance(e.cause, TicketlabError):
+                raise TicketlabError(str(e.cause)) from None
+            raise
         yield pending.pop(done[0])
 
 
