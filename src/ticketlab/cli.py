@@ -17,6 +17,7 @@ from ticketlab import compare_criteria
 from ticketlab import config as C
 from ticketlab import presets as P
 from ticketlab import scores as S
+from ticketlab import sweep as SW
 from ticketlab.configfile import load_file
 from ticketlab.data import dataset_names
 from ticketlab.disjoint import disjoint
@@ -218,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid of configs (each an ordinary resumable run) on local processes or a Ray cluster",
+        description="Expand GRID.yaml (base: a preset and/or config sections; grid: field name -> list of values) "
+        "into runs, run the ones not finished, and summarise them in OUT/sweep-<hash>/summary.csv.",
+    )
+    sw.add_argument("grid", help="YAML or JSON file with `base:` (optional) and `grid:`")
+    sw.add_argument("--executor", default="local", choices=SW.EXECUTORS, help="local processes or ray (default: local)")
+    sw.add_argument("--workers", type=int, default=1, help="local executor: processes running runs (default: 1)")
+    sw.add_argument("--address", help="ray executor: the Ray head's address (default: start a local Ray)")
+    sw.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
+    sw.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, ... (default: auto)")
+    sw.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="the sweep's bar")
     r = sub.add_parser("report", help="print the table and redraw the plot of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
@@ -337,6 +351,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    specs = SW.load_grid(args.grid)  # every entry checked before the first run starts
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    where, rows = SW.run_sweep(
+        specs,
+        out=args.out,
+        executor=args.executor,
+        workers=args.workers,
+        address=args.address,
+        device=args.device,
+        progress=progress,
+    )
+    print(SW.summary_table(rows, list(specs[0].values)))
+    print(f"\nsummary: {where / 'summary.csv'}")
+    return 0
+
+
 def _listing(items: dict[str, str]) -> None:
     """One line per name, descriptions aligned."""
     width = max(map(len, items)) + 2
@@ -358,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             return _branch(args)
         if args.command == "disjoint":
             return _disjoint(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "presets":
             _listing({name: desc for name, (desc, _) in P.PRESETS.items()})
             return 0
