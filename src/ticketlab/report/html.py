@@ -34,6 +34,7 @@ from ticketlab.report.plots import (
 from ticketlab.report.tables import (
     LABELS,
     SPREAD,
+    branch_order,
     cost_table,
     criteria_table,
     disjoint_table,
@@ -214,7 +215,11 @@ def config_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     for row in rows:
         if row.get("wall_time_s") not in (None, ""):
             times[(int(row["level"]), row["branch"])].append(float(row["wall_time_s"]))
-    lines = [[lv, LABELS.get(b, b), f"{sum(t):.2f}", len(t)] for (lv, b), t in sorted(times.items())]
+    branches = branch_order(imp_summary(rows)) if rows else []
+    levels = sorted({lv for lv, _ in times})
+    cell = {k: f"{sum(t):.2f} ({len(t)})" for k, t in times.items()}
+    lines = [[lv] + [cell.get((lv, b), "-") for b in branches] for lv in levels]
+    head = ["level"] + [f"{LABELS.get(b, b)}: wall time, s (jobs)" for b in branches]
     versions = (
         f"ticketlab {ticketlab.__version__}, torch {torch.__version__}, Python {platform.python_version()} "
         f"({sys.platform}) -- those of the process that wrote this page; the run directory does not record the "
@@ -223,7 +228,7 @@ def config_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     return (
         f"<p>{html.escape(versions)}</p><p>Run directory: <code>{html.escape(str(run.path))}</code></p>"
         + ("" if saved is None else _pre(json.dumps(saved, indent=2, sort_keys=True)))
-        + ("" if not lines else _table(["level", "branch", "wall time (s, all replicates)", "jobs"], lines))
+        + ("" if not lines else "<p>Wall time per level, all replicates summed:</p>" + _table(head, lines))
     )
 
 
