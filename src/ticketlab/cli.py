@@ -26,6 +26,7 @@ from ticketlab.export import export_ticket
 from ticketlab.imp import imp
 from ticketlab.models import model_names
 from ticketlab.report import report
+from ticketlab.report.html import html_report
 from ticketlab.report.plots import imp_plot
 from ticketlab.report.tables import cost_table, criteria_table, disjoint_table, imp_table
 
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the table and redraw the plot of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
+    r.add_argument("--html", action="store_true", help="also write one self-contained HTML page (RUN_DIR/report.html)")
+    r.add_argument("--out", help="the HTML file, with --html (default: RUN_DIR/report.html)")
     return parser
 
 
@@ -268,6 +271,7 @@ def _imp(args: argparse.Namespace) -> int:
     print("\n" + cost_table(rows))
     png = imp_plot(rows, run.plot_file, args.metric, title=run.name)
     print(f"\nrun directory: {run.path}\nresults: {run.results_file}\nplot: {png}")
+    print(f"report: {html_report(run.path)}")
     return 0
 
 
@@ -318,6 +322,7 @@ def _branch(args: argparse.Namespace) -> int:
     print(imp_table(rows, args.metric))
     print("\n" + cost_table(rows))
     print(f"\nresults: {Path(args.run_dir) / 'results.csv'}")
+    print(f"report: {html_report(Path(args.run_dir))}")
     return 0
 
 
@@ -404,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             text, png = report(Path(args.run_dir), args.metric)
             print(text)
             print(f"\nplot: {png}")
+            if args.html:
+                print(f"report: {html_report(Path(args.run_dir), args.out)}")
             return 0
         parser.print_help()
         return 2

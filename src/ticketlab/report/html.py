@@ -1,0 +1,272 @@
+"""One self-contained HTML page for a run directory: every figure an inline SVG, no script, no network, so the file
+opens from disk anywhere and can be mailed as it is.
+
+The page is a list of panels. A panel is a function ``panel(run, rows) -> str | None`` (``rows``: the run's
+``results.csv`` rows, read back from its verified records) that returns an HTML fragment, or None when the run
+lacks its data; it joins the page by the ``@panel`` decorator, in registration order. A later analysis adds its
+panel the same way (import its module before calling :func:`html_report`) and never edits the page code.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import ticketlab
+from ticketlab.errors import TicketlabError
+from ticketlab.report.plots import (
+    criteria_figure,
+    curves_figure,
+    density_heatmap,
+    early_stop_figure,
+    figure_svg,
+    imp_figure,
+)
+from ticketlab.report.tables import (
+    LABELS,
+    SPREAD,
+    branch_order,
+    cost_table,
+    criteria_table,
+    disjoint_table,
+    imp_summary,
+    imp_table,
+    mean_std,
+)
+from ticketlab.rundir import RESULT_COLUMNS, RunDir
+from ticketlab.store import DamagedFile, atomic_write_text, read_csv, read_record
+
+Panel = Callable[[RunDir, list[dict[str, Any]]], "str | None"]
+PANELS: list[tuple[str, Panel]] = []  # (title, function), in page order
+
+
+def panel(title: str) -> Callable[[Panel], Panel]:
+    """Register ``fn(run, rows) -> str | None`` as a panel of the page, shown under ``title`` when it returns
+    HTML."""
+
+    def register(fn: Panel) -> Panel:
+        PANELS.append((title, fn))
+        return fn
+
+    return register
+
+
+def _pre(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def _table(head: list[str], lines: list[list[Any]], cls: str = "") -> str:
+    """An HTML table; cells are escaped."""
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in line) + "</tr>" for line in lines)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _config(run: RunDir) -> dict[str, Any] | None:
+    try:
+        return run.saved()["config"]
+    except TicketlabError:
+        return None
+
+
+def title(run: RunDir) -> str:
+    """What the run is, for a reader: model, dataset, replicates, levels and pruning (not the hash)."""
+    cfg = _config(run)
+    if cfg is None:
+        return f"ticketlab report: {run.name}"
+    model, data, imp, prune = cfg["model"], cfg["data"], cfg["imp"], cfg["prune"]
+    return (
+        f"{model['model']} on {data['dataset']}: {imp['replicates']} replicate(s), {imp['levels']} levels of "
+        f"{prune['strategy']} {prune['criterion']} pruning ({100 * prune['fraction']:g}% per level)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- panels
+
+
+@panel("Accuracy vs weights remaining")
+def accuracy_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    if not rows:
+        return None
+    svg = figure_svg(imp_figure(rows, "final_test_acc", title="final test accuracy", bands=True))
+    return (
+        f"<p>Ticket solid, baselines (and branches) dashed; bands: {SPREAD}.</p>{svg}"
+        + _pre(imp_table(rows, "final_test_acc"))
+        + _pre(imp_table(rows, "best_test_acc"))
+    )
+
+
+@panel("Matching: does the ticket match the dense network?")
+def matching_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    summary = imp_summary([r for r in rows if r["branch"] == "ticket"])
+    dense = summary.get(0, {}).get("branches", {}).get("ticket")
+    if dense is None or len(summary) < 2:
+        return None
+    lines = []
+    for level, s in summary.items():
+        if level == 0:
+            continue
+        t = s["branches"]["ticket"]
+        band = dense.std if dense.n > 1 else 0.0
+        verdict = "better" if t.mean > dense.mean else "matching" if t.mean >= dense.mean - band else "not matching"
+        lines.append([level, f"{100 * s['density']:.2f}%", mean_std(t), t.n, verdict])
+    note = (
+        f"<p>Dense (level 0): {html.escape(mean_std(dense))}% (n={dense.n}). A ticket matches when its mean final "
+        f"test accuracy is within one sample std (ddof=1) of the dense mean, or better"
+        + ("" if dense.n > 1 else "; with one replicate there is no spread: only at least the dense mean matches")
+        + ".</p>"
+    )
+    return note + _table(["level", "weights left", "ticket test acc (%)", "n", "verdict"], lines, "verdict")
+
+
+@panel("Early-stop iteration vs weights remaining")
+def early_stop_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    fig = early_stop_figure(rows)
+    return None if fig is None else "<p>The step of the best test accuracy.</p>" + figure_svg(fig)
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+@panel("Training curves per level (ticket)")
+def curves_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    values: dict[int, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for row in rows:
+        if row["branch"] != "ticket":
+            continue
+        for entry in _metrics(run.job(int(row["replicate"]), int(row["level"]), "ticket").metrics):
+            for key in ("test_acc", "test_loss"):
+                if key in entry:
+                    values[int(row["level"])][key][int(entry["step"])].append(float(entry[key]))
+    if not values:
+        return None
+    curves = {
+        lv: {k: [(step, float(np.mean(v))) for step, v in sorted(by_step.items())] for k, by_step in keys.items()}
+        for lv, keys in values.items()
+    }
+    densities = {lv: s["density"] for lv, s in imp_summary(rows).items()}
+    return figure_svg(curves_figure(curves, densities))
+
+
+@panel("Per-layer density per level")
+def density_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    densities = {}
+    for row in rows:
+        if row["branch"] == "ticket" and int(row["replicate"]) == 0:
+            try:
+                record = read_record(run.job(0, int(row["level"]), "ticket").result)
+            except (DamagedFile, OSError):
+                continue
+            if record.get("layer_densities"):
+                densities[int(row["level"])] = record["layer_densities"]
+    return figure_svg(density_heatmap(densities)) if densities else None
+
+
+@panel("Results (every job, as results.csv)")
+def results_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    if not run.results_file.exists():
+        return None
+    csv_rows = read_csv(run.results_file)
+    columns = [c for c in RESULT_COLUMNS if csv_rows and c in csv_rows[0]]
+    lines = [[r[c] for c in columns] for r in csv_rows]
+    return (
+        f"<details><summary>{len(lines)} jobs (click to open)</summary>"
+        + _table(columns, lines, "results")
+        + "</details>"
+    )
+
+
+@panel("Pruning criteria compared")
+def criteria_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    if not (run.path / "criteria.csv").exists():
+        return None
+    crit = read_csv(run.path / "criteria.csv")
+    return figure_svg(criteria_figure(crit)) + _pre(criteria_table(crit))
+
+
+@panel("Disjoint tickets, round by round")
+def disjoint_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    path = run.path / "disjoint.csv"
+    return _pre(disjoint_table(read_csv(path))) if path.exists() else None
+
+
+@panel("Compute spent")
+def cost_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    return _pre(cost_table(rows)) if rows else None
+
+
+@panel("Config, versions and wall times")
+def config_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    saved = _config(run)
+    times = defaultdict(list)
+    for row in rows:
+        if row.get("wall_time_s") not in (None, ""):
+            times[(int(row["level"]), row["branch"])].append(float(row["wall_time_s"]))
+    branches = branch_order(imp_summary(rows)) if rows else []
+    levels = sorted({lv for lv, _ in times})
+    cell = {k: f"{sum(t):.2f} ({len(t)})" for k, t in times.items()}
+    lines = [[lv] + [cell.get((lv, b), "-") for b in branches] for lv in levels]
+    head = ["level"] + [f"{LABELS.get(b, b)}: wall time, s (jobs)" for b in branches]
+    versions = (
+        f"ticketlab {ticketlab.__version__}, torch {torch.__version__}, Python {platform.python_version()} "
+        f"({sys.platform}) -- those of the process that wrote this page; the run directory does not record the "
+        "versions or the device that trained it"
+    )
+    return (
+        f"<p>{html.escape(versions)}</p><p>Run directory: <code>{html.escape(str(run.path))}</code></p>"
+        + ("" if saved is None else _pre(json.dumps(saved, indent=2, sort_keys=True)))
+        + ("" if not lines else "<p>Wall time per level, all replicates summed:</p>" + _table(head, lines))
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- page
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; border-bottom: 1px solid #ccc; margin-top: 2em; }
+pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .85em; }
+table { border-collapse: collapse; font-size: .85em; } td, th { border: 1px solid #ddd; padding: .2em .5em; }
+td { text-align: right; } svg { max-width: 100%; height: auto; }
+"""
+
+
+def render(run_dir: str | Path) -> str:
+    """The HTML page of a run directory (a run, or a criteria comparison), one panel per registered panel that has
+    data. TicketlabError when the directory holds nothing to report."""
+    run = RunDir(Path(run_dir))
+    rows = run.rows(quiet=True) if run.config_file.exists() else []
+    if not rows and not (run.path / "criteria.csv").exists() and not (run.path / "disjoint.csv").exists():
+        raise TicketlabError(f"{run.path}: nothing to report yet (no finished job, criteria.csv or disjoint.csv)")
+    sections = []
+    for name, fn in PANELS:
+        body = fn(run, rows)
+        if body:
+            sections.append(f"<section><h2>{html.escape(name)}</h2>\n{body}\n</section>")
+    head = title(run)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(head)}</title><style>{STYLE}</style></head>\n<body>\n<h1>{html.escape(head)}</h1>\n"
+        f"<p>Run <code>{html.escape(run.name)}</code>; accuracies in %, {SPREAD} over replicates.</p>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
+
+
+def html_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the page of :func:`render` to ``out`` (default ``RUN_DIR/report.html``), atomically; its path."""
+    path = Path(out) if out else Path(run_dir) / "report.html"
+    atomic_write_text(path, render(run_dir))
+    return path
