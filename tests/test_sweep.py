@@ -154,3 +154,24 @@ def test_the_ray_executor_without_ray_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
     with pytest.raises(TicketlabError, match=r"pip install 'ticketlab\[ray\]'"):
         SW.run_sweep(SW.expand(BASE, {"fraction": [0.3]}), out=tmp_path, executor="ray", progress=False)
+
+
+def test_the_sweep_writes_an_html_summary_linking_each_runs_report(tmp_path):
+    import re
+
+    from ticketlab.sweep import expand, run_sweep
+
+    specs = expand(
+        {
+            "data": {"dataset": "synthetic"},
+            "model": {"model": "mlp", "widths": [16, 8]},
+            "train": {"steps": "40it", "eval_every": "20it", "batch_size": 50, "lr": 0.01},
+            "imp": {"levels": 1, "replicates": 1, "baselines": []},
+        },
+        {"fraction": [0.3, 0.6]},
+    )
+    where, rows = run_sweep(specs, out=tmp_path, workers=1, progress=False)
+    page = (where / "summary.html").read_text()
+    links = re.findall(r'href="([^"]+)"', page)
+    assert len(links) == 2 and all((where / link).resolve().is_file() for link in links)
+    assert all(f"{100 * r['acc_mean']:.2f}" in page for r in rows)

@@ -14,7 +14,8 @@ the order given), checks every one before anything runs (one TicketlabError line
 list, a bad value, or two entries that would share one run directory), and runs each with :func:`ticketlab.imp.imp`
 into ``--out``. Runs already finished do no work, so running the sweep again resumes it. At the end one row per run
 (its grid values, run directory, the ticket's accuracy at the last level as mean ± sample std with n, density,
-training wall time) is printed and written to ``<out>/sweep-<hash>/summary.csv``.
+training wall time) is printed and written to ``<out>/sweep-<hash>/summary.csv`` and ``summary.html`` (which
+links each run's own HTML report, written into its run directory).
 
 Executors: ``local`` runs ``--workers`` spawned processes, each training whole runs with max(1, cores // workers)
 torch threads. ``ray`` (``pip install 'ticketlab[ray]'``) sends one Ray task per run (one CPU each) to
@@ -27,6 +28,7 @@ the same ``--out`` on a shared filesystem, start a Ray head and workers there, a
 from __future__ import annotations
 
 import hashlib
+import html
 import itertools
 import json
 import multiprocessing
@@ -49,9 +51,10 @@ from ticketlab.data import dataset_names
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import imp
 from ticketlab.models import model_names
+from ticketlab.report.html import html_report
 from ticketlab.report.tables import Summary, mean_std, summarize
 from ticketlab.rundir import RunDir, level_count
-from ticketlab.store import write_csv
+from ticketlab.store import atomic_write_text, write_csv
 
 EXECUTORS = ("local", "ray")
 RAY_RETRIES = 3  # a task whose worker or node dies is run again; the run resumes where it stopped
@@ -268,7 +271,40 @@ def run_sweep(
     where.mkdir(parents=True, exist_ok=True)
     write_csv(where / "summary.csv", rows, list(rows[0]) if rows else [])
     (where / "grid.json").write_text(json.dumps([{**s.values, "run_dir": s.run_name} for s in specs], indent=1))
+    summary_html(rows, list(specs[0].values) if specs else [], where / "summary.html")
     return where, rows
+
+
+def summary_html(rows: list[dict[str, Any]], grid_keys: list[str], path: Path) -> Path:
+    """The summary as one self-contained HTML page (``path``): the table, each run linked to its own report
+    (``report.html`` in its run directory, written here for every run that has finished jobs)."""
+    lines = []
+    for r in rows:
+        run = Path(r["run_dir"])
+        try:
+            report = html_report(run)
+            link = f'<a href="{html.escape(os.path.relpath(report, path.parent))}">{html.escape(run.name)}</a>'
+        except TicketlabError:  # nothing finished in that run yet
+            link = html.escape(run.name)
+        acc = f"{100 * r['acc_mean']:.2f}" if r["n"] else "-"
+        std = f" ± {100 * r['acc_std']:.2f}" if r["acc_std"] != "" else ""
+        density = f"{100 * r['density']:.2f}" if r["density"] != "" else "-"
+        cells = [html.escape(str(r[k])) for k in grid_keys] + [acc + std, str(r["n"]), density]
+        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in [*cells, f"{r['wall_time_s']:.1f}", link]) + "</tr>")
+    head = [*grid_keys, "ticket acc % (last level), mean ± sample std", "n", "density %", "wall s", "run (report)"]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>ticketlab sweep</title>'
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;text-align:right}"
+        "td:last-child{text-align:left}</style></head>\n<body><h1>Sweep: "
+        + html.escape(" x ".join(grid_keys))
+        + f" ({len(rows)} runs)</h1>\n<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr>\n"
+        + "\n".join(lines)
+        + "\n</table>\n<p>Sample std: ddof=1 over the run's replicates (n).</p></body></html>\n"
+    )
+    atomic_write_text(path, page)
+    return path
 
 
 def finished(spec: Spec, out: str | Path) -> bool:
