@@ -131,7 +131,8 @@ def matching_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
 @panel("Early-stop iteration vs weights remaining")
 def early_stop_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     fig = early_stop_figure(rows)
-    return None if fig is None else "<p>The step of the best test accuracy.</p>" + figure_svg(fig)
+    text = "The evaluation step with the lowest validation loss (test loss when there is no validation split)."
+    return None if fig is None else f"<p>{text}</p>" + figure_svg(fig)
 
 
 def _metrics(path: Path) -> list[dict[str, Any]]:

@@ -118,8 +118,8 @@ def criteria_figure(rows: list[dict[str, Any]], metric: str = "final_test_acc"):
 
 
 def early_stop_figure(rows: list[dict[str, Any]], title: str = ""):
-    """Early-stop iteration (the step of the best test accuracy) vs weights remaining, one line per branch, mean ±
-    sample std over replicates as a band; None when no row records it."""
+    """Early-stop iteration (the step of the lowest validation loss, else test loss) vs weights remaining, one
+    line per branch, mean ± sample std over replicates as a band; None when no row records it."""
     rows = [r for r in rows if r.get("early_stop_step") not in (None, "")]
     if not rows:
         return None
