@@ -175,3 +175,50 @@ def test_the_sweep_writes_an_html_summary_linking_each_runs_report(tmp_path):
     links = re.findall(r'href="([^"]+)"', page)
     assert len(links) == 2 and all((where / link).resolve().is_file() for link in links)
     assert all(f"{100 * r['acc_mean']:.2f}" in page for r in rows)
+
+
+def _ray_task_pids() -> list[int]:
+    """Processes of Ray workers running a sweep task (Ray titles them ``ray::run_one``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::run_one"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_ray_worker_killed_mid_run_is_retried_and_the_sweep_ends_with_the_same_results(local_sweep, tmp_path):
+    import threading
+
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("Ray is not installed (pip install 'ticketlab[ray]'; the dev extra has it)")
+    out, specs, _ = local_sweep
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    killed, outcome = [], {}
+
+    def sweep():
+        try:
+            outcome["rows"] = SW.run_sweep(specs, out=tmp_path, executor="ray", device="cpu", progress=False)[1]
+        except BaseException as e:  # noqa: BLE001 -- reported by the assertion below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=sweep)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline and thread.is_alive():
+            pids = _ray_task_pids()
+            if pids and _result_files(tmp_path):  # a task is mid-run, after a first job has finished
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.02)
+        thread.join(timeout=120)
+    finally:
+        ray.shutdown()
+    assert killed, "no Ray worker was running a task to kill"
+    assert "error" not in outcome, outcome.get("error")
+    assert _rows(tmp_path, specs) == _rows(out, specs)  # the retried run resumed to the undisturbed results
