@@ -126,3 +126,20 @@ def test_the_report_renders_in_headless_chromium(run_dir, tmp_path):
     for shown, row in zip(cells, csv_rows):
         assert dict(zip(head, shown)) == {k: v for k, v in row.items() if k in head}
         assert all(float(row[c]) == float(dict(zip(head, shown))[c]) for c in ("density", "final_test_acc"))
+
+
+def test_the_page_says_what_the_jobs_trained_on(tmp_path):
+    import torch
+    from conftest import tiny_config
+
+    from ticketlab.data import load_dataset
+    from ticketlab.imp import run_imp
+    from ticketlab.problem import registry_problem
+    from ticketlab.report.html import render
+    from ticketlab.store import read_record
+
+    cfg = tiny_config(imp={"levels": 1, "baselines": ()})
+    run = run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), tmp_path, quiet=True)
+    said = read_record(run.job(0, 1, "ticket").result)["trained_on"]
+    assert said.startswith("cpu (") and f"torch {torch.__version__}" in said
+    assert f"Trained on: {said} (2 jobs)" in render(tmp_path)

@@ -1,5 +1,7 @@
 """ticketlab: find, train and study lottery tickets in PyTorch."""
 
+__version__ = "0.2.0"  # first: modules imported below read it while the package is initialising
+
 from ticketlab.api import find_ticket
 from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
@@ -20,4 +22,3 @@ __all__ = [
     "load_ticket",
     "save_mask",
 ]
-__version__ = "0.2.0"

@@ -10,6 +10,7 @@ Finishing a job writes its outputs, then its result record last, with every file
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -17,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 from tqdm import tqdm
 
+from ticketlab import __version__ as ticketlab_version
 from ticketlab import batched as B
 from ticketlab import masks as M
 from ticketlab.config import TrainConfig
@@ -207,6 +210,12 @@ def _start_files(run: RunDir, job: Job, model: nn.Module, mask: M.Mask) -> dict[
     return files
 
 
+def trained_on(device: torch.device) -> str:
+    """What a job trained on, in one line: the device (a GPU by name) and the versions of ticketlab, torch, Python."""
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({platform.machine()})"
+    return f"{where}; ticketlab {ticketlab_version}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
 def _board(run: RunDir, job: Job, mask: M.Mask, tensorboard: str | Path | None) -> list[Observer]:
     """The job's TensorBoard writer, when a directory was given."""
     if tensorboard is None:
@@ -265,6 +274,7 @@ def finish(
         **result.summary(),
         "batched_with": batched,
         **flops,
+        "trained_on": trained_on(data.train.x.device),
         "files": files,
         "inputs": job.inputs,
     }

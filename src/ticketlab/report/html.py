@@ -221,13 +221,17 @@ def config_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     cell = {k: f"{sum(t):.2f} ({len(t)})" for k, t in times.items()}
     lines = [[lv] + [cell.get((lv, b), "-") for b in branches] for lv in levels]
     head = ["level"] + [f"{LABELS.get(b, b)}: wall time, s (jobs)" for b in branches]
-    versions = (
-        f"ticketlab {ticketlab.__version__}, torch {torch.__version__}, Python {platform.python_version()} "
-        f"({sys.platform}) -- those of the process that wrote this page; the run directory does not record the "
-        "versions or the device that trained it"
-    )
+    used = defaultdict(int)  # what the jobs trained on, as their records say (ticketlab >= 0.2's records)
+    for record in run.path.glob("replicate_*/level_*/*/result.json"):
+        try:
+            used[json.loads(record.read_text()).get("trained_on") or "not recorded (an older ticketlab)"] += 1
+        except (OSError, ValueError):
+            continue
+    versions = "; ".join(f"{what} ({n} jobs)" for what, n in sorted(used.items()))
+    page = f"ticketlab {ticketlab.__version__}, torch {torch.__version__}, Python {platform.python_version()}"
     return (
-        f"<p>{html.escape(versions)}</p><p>Run directory: <code>{html.escape(str(run.path))}</code></p>"
+        f"<p>Trained on: {html.escape(versions or '-')}</p><p>This page: {html.escape(page)} ({sys.platform})</p>"
+        f"<p>Run directory: <code>{html.escape(str(run.path))}</code></p>"
         + ("" if saved is None else _pre(json.dumps(saved, indent=2, sort_keys=True)))
         + ("" if not lines else "<p>Wall time per level, all replicates summed:</p>" + _table(head, lines))
     )
