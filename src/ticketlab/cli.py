@@ -256,15 +256,10 @@ def config_from_args(args: argparse.Namespace) -> C.ExperimentConfig:
 
 def _imp(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     run = imp(
         cfg,
         out=args.out,
-        device=args.device,
-        progress=progress,
-        batch_jobs=args.batch_jobs,
-        sparse_kernels=args.sparse_kernels,
-        tensorboard=args.tensorboard,
+        **_training(args),
     )
     rows = run.results(cfg, quiet=True)
     print(imp_table(rows, args.metric))
@@ -275,6 +270,18 @@ def _imp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training(args: argparse.Namespace) -> dict[str, Any]:
+    """How a command's jobs train, from its flags: device, progress bars (default: when stderr is a terminal),
+    batching, sparse kernels, TensorBoard."""
+    return {
+        "device": args.device,
+        "progress": sys.stderr.isatty() if args.progress is None else args.progress,
+        "batch_jobs": args.batch_jobs,
+        "sparse_kernels": args.sparse_kernels,
+        "tensorboard": args.tensorboard,
+    }
+
+
 def _criteria(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     criteria = S.names() if args.criteria == "all" else [c.strip() for c in args.criteria.split(",") if c]
@@ -283,18 +290,13 @@ def _criteria(args: argparse.Namespace) -> int:
     except ValueError:
         raise TicketlabError(f"--densities: cannot read {args.densities!r}; write e.g. 0.2,0.05,0.01") from None
     compare_criteria.configs(cfg, criteria, densities, args.mode)  # every check, before the first run starts
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     where, rows = compare_criteria.compare(
         cfg,
         criteria,
         densities,
         mode=args.mode,
         out=args.out,
-        device=args.device,
-        progress=progress,
-        batch_jobs=args.batch_jobs,
-        sparse_kernels=args.sparse_kernels,
-        tensorboard=args.tensorboard,
+        **_training(args),
     )
     print(criteria_table(rows, args.metric))
     print(f"\ncomparison: {where / 'criteria.csv'}\nplot: {where / 'criteria.png'}")
@@ -307,17 +309,12 @@ def _branch(args: argparse.Namespace) -> int:
         levels = [int(x) for x in args.levels.split(",")] if args.levels else None
     except ValueError:
         raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     rows = B.run_branch(
         Path(args.run_dir),
         args.name,
         levels=levels,
         options=options,
-        device=args.device,
-        progress=progress,
-        batch_jobs=args.batch_jobs,
-        sparse_kernels=args.sparse_kernels,
-        tensorboard=args.tensorboard,
+        **_training(args),
     )
     print(imp_table(rows, args.metric))
     print("\n" + cost_table(rows))
@@ -328,17 +325,12 @@ def _branch(args: argparse.Namespace) -> int:
 
 def _disjoint(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     where, rows = disjoint(
         cfg,
         args.tickets,
         exclude=args.exclude,
         out=args.out,
-        device=args.device,
-        progress=progress,
-        batch_jobs=args.batch_jobs,
-        sparse_kernels=args.sparse_kernels,
-        tensorboard=args.tensorboard,
+        **_training(args),
     )
     print(disjoint_table(rows))
     print(f"\nrounds: {where / 'disjoint.csv'}")
