@@ -169,6 +169,10 @@ class Observer:
     def on_end(self, model: nn.Module, result: TrainResult) -> None:
         pass
 
+    def stop(self, step: int) -> bool:
+        """Whether training ends after ``step`` (asked after :meth:`on_step`; an early-bird ticket has emerged)."""
+        return False
+
 
 class SaveAt(Observer):
     """Calls ``save(model)`` once, when the model has taken ``step`` steps (the rewind point theta_k)."""
@@ -291,6 +295,10 @@ def train(
                     net.train()
                 for o in observers:
                     o.on_step(done, net)
+                if any([o.stop(done) for o in observers]):  # an observer ends training here, evaluated
+                    if metrics[-1]["step"] != done:
+                        record(done)
+                    break
         masked.check(optimizer)
         key = "val_loss" if data.val is not None else "test_loss"
         best = min(metrics, key=lambda r: r[key])
