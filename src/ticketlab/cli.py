@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from ticketlab import branches as B
 from ticketlab import compare_criteria
 from ticketlab import config as C
+from ticketlab import early_bird as EB
 from ticketlab import presets as P
 from ticketlab import scores as S
 from ticketlab import sweep as SW
@@ -136,6 +137,40 @@ def _branch_parser(sub: argparse._SubParsersAction) -> None:
         group.add_argument(_flag(name), dest=f"option.{name}", metavar=name.upper(), help=text.replace("%", "%%"))
 
 
+def _early_bird_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab early-bird``: the imp config flags, and the search's own."""
+    eb = sub.add_parser(
+        "early-bird",
+        help="early-bird tickets: stop dense training when the pruning mask stops changing, prune, train the ticket",
+        description="Every --every iterations of dense training, compute the mask the pruning rule gives at --density; "
+        "when the newest of the last --fifo masks is within --epsilon (normalised Hamming distance) of each other "
+        "one, the ticket has emerged (You et al. 2020): stop, prune, train the ticket and random pruning at its "
+        "per-layer densities. Compute compared with IMP to the same density (--against an IMP run, else "
+        "estimated). Resumable; config flags as for `imp`.",
+    )
+    _run_flags(eb)
+    eb.add_argument("--density", type=float, required=True, help="target density of the mask, in (0, 1)")
+    eb.add_argument("--every", default="1ep", help="how often the mask is computed: 1ep, 200it, ... (default: 1ep)")
+    eb.add_argument("--fifo", type=int, default=5, help="masks kept and compared, >= 2 (default: 5)")
+    eb.add_argument("--epsilon", type=float, default=0.1, help="largest Hamming distance at emergence (default: 0.1)")
+    eb.add_argument(
+        "--rule",
+        default="magnitude",
+        choices=("magnitude", "bn-channels"),
+        help="magnitude of the prunable weights (as --strategy says), or channels by |BatchNorm gamma| globally, "
+        "the paper's (default: magnitude)",
+    )
+    eb.add_argument(
+        "--start",
+        default="emergence",
+        choices=("emergence", "init"),
+        help="the ticket trains from the emergence weights (the paper's) or from theta_0, over the full schedule "
+        "(default: emergence)",
+    )
+    eb.add_argument("--against", metavar="IMP_RUN", help="an IMP run directory to compare compute and accuracy with")
+    _add_config_flags(eb, mode=False)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -217,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", help="the .pt2 file (default: RUN_DIR/ticket-level-N.pt2)")
     _branch_parser(sub)
+    _early_bird_parser(sub)
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -337,6 +373,15 @@ def _disjoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _early_bird(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    options = EB.Options(args.density, args.every, args.fifo, args.epsilon, args.rule, args.start)
+    run, rows = EB.early_bird(cfg, options, against=args.against, out=args.out, **_training(args))
+    print(EB.table(rows))
+    print(f"\nrun directory: {run.path}\nearly-bird: {run.path / 'early_bird.csv'}\nresults: {run.results_file}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / f"ticket-level-{args.level}.pt2"
     info = export_ticket(Path(args.run_dir), args.level, out, replicate=args.replicate, weights=args.weights)
@@ -386,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             return _branch(args)
         if args.command == "disjoint":
             return _disjoint(args)
+        if args.command == "early-bird":
+            return _early_bird(args)
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "presets":
