@@ -3,6 +3,7 @@
 __version__ = "0.2.0"  # first: modules imported below read it while the package is initialising
 
 from ticketlab.api import find_ticket
+from ticketlab.branches.stability import stability
 from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import imp
@@ -21,4 +22,5 @@ __all__ = [
     "load_mask",
     "load_ticket",
     "save_mask",
+    "stability",
 ]

@@ -19,6 +19,7 @@ from ticketlab import early_bird as EB
 from ticketlab import presets as P
 from ticketlab import scores as S
 from ticketlab import sweep as SW
+from ticketlab.branches import stability as ST
 from ticketlab.configfile import load_file
 from ticketlab.data import dataset_names
 from ticketlab.disjoint import disjoint
@@ -182,6 +183,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ticketlab: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _stability_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab stability``: linear mode connectivity of a run's tickets (issue 14)."""
+    s = sub.add_parser(
+        "stability",
+        help="instability of a run's tickets to SGD noise (linear mode connectivity), or barriers between levels",
+        description="From each level's mask on the dense weights at step k, train two copies with different data "
+        "orders and measure the test error along the line between them (instability: max minus the mean of the "
+        "ends; stable under 2 points). --between-levels: the error barrier between the trained tickets of "
+        "successive levels instead (no training).",
+    )
+    s.add_argument("run_dir")
+    s.add_argument("--levels", help="comma-separated finished levels, 0 the dense network (default: all finished)")
+    s.add_argument("--at", help="steps k to start the copies from, e.g. 0it,100it,2ep (default: the rewind step)")
+    s.add_argument("--points", type=int, default=30, help="evaluations along each path (default: 30)")
+    s.add_argument("--between-levels", action="store_true", help="barriers between successive levels' tickets")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    s.add_argument("--batch-jobs", default="auto", help="auto, off, or at most K jobs per pass (default: auto)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ticketlab", description="Find, train and study lottery tickets (sparse trainable subnetworks)."
@@ -269,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
     sw.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, ... (default: auto)")
     sw.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="the sweep's bar")
+    _stability_parser(sub)
     r = sub.add_parser("report", help="print the table and redraw the plot of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
@@ -359,6 +381,26 @@ def _branch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stability(args: argparse.Namespace) -> int:
+    try:
+        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
+    except ValueError:
+        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 0,2") from None
+    run_dir = Path(args.run_dir)
+    if args.between_levels:
+        rows = ST.level_barriers(run_dir, levels=levels, points=args.points, device=args.device)
+        print(ST.barrier_table(rows) + f"\n\nbarriers: {run_dir / 'level_barriers.csv'}")
+        return 0
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    rows = ST.stability(
+        run_dir, levels=levels, at=args.at, points=args.points, device=args.device, progress=progress,
+        batch_jobs=args.batch_jobs,
+    )  # fmt: skip
+    print(ST.stability_table(rows))
+    print(f"\npaths: {run_dir / 'stability.csv'}\ninstability: {run_dir / 'instability.csv'}")
+    return 0
+
+
 def _disjoint(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     where, rows = disjoint(
@@ -429,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "branch":
             return _branch(args)
+        if args.command == "stability":
+            return _stability(args)
         if args.command == "disjoint":
             return _disjoint(args)
         if args.command == "early-bird":
