@@ -1,0 +1,1 @@
+"""Analyses of trained networks: linear mode connectivity (:mod:`ticketlab.analysis.connectivity`)."""
