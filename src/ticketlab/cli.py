@@ -18,6 +18,7 @@ from ticketlab import config as C
 from ticketlab import presets as P
 from ticketlab import scores as S
 from ticketlab import sweep as SW
+from ticketlab.align import align, align_table
 from ticketlab.configfile import load_file
 from ticketlab.data import dataset_names
 from ticketlab.disjoint import disjoint
@@ -136,6 +137,22 @@ def _branch_parser(sub: argparse._SubParsersAction) -> None:
         group.add_argument(_flag(name), dest=f"option.{name}", metavar=name.upper(), help=text.replace("%", "%%"))
 
 
+def _align_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab align``: the barrier between two replicates before and after weight matching."""
+    a = sub.add_parser(
+        "align",
+        help="error barrier between two replicates' trained networks, before and after permutation alignment",
+        description="Between two replicates' trained tickets at one level of a finished IMP run: test error along the "
+        "straight line (BatchNorm re-estimated at each point), plain and after Git Re-Basin weight matching of b's "
+        "units onto a's (b's mask moved with them). Writes RUN/align.csv; a rerun recomputes nothing.",
+    )
+    a.add_argument("run_dir")
+    a.add_argument("--level", type=int, default=0, help="the level (0: the dense network; default: 0)")
+    a.add_argument("--replicates", default="0,1", help="the two replicates, a,b (b is permuted onto a; default: 0,1)")
+    a.add_argument("--points", type=int, default=30, help="points on the path, ends included (default: 30)")
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -217,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", help="the .pt2 file (default: RUN_DIR/ticket-level-N.pt2)")
     _branch_parser(sub)
+    _align_parser(sub)
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -323,6 +341,17 @@ def _branch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _align(args: argparse.Namespace) -> int:
+    try:
+        a, b = (int(x) for x in args.replicates.split(","))
+    except ValueError:
+        raise TicketlabError(f"--replicates: cannot read {args.replicates!r}; write two replicates, e.g. 0,1") from None
+    rows = align(Path(args.run_dir), level=args.level, replicates=(a, b), points=args.points, device=args.device)
+    print(align_table(rows))
+    print(f"\nalignment: {Path(args.run_dir) / 'align.csv'}")
+    return 0
+
+
 def _disjoint(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     where, rows = disjoint(
@@ -384,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "branch":
             return _branch(args)
+        if args.command == "align":
+            return _align(args)
         if args.command == "disjoint":
             return _disjoint(args)
         if args.command == "sweep":
