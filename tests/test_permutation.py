@@ -2,16 +2,20 @@ import pytest
 import torch
 from torch import nn
 
+from ticketlab import data as D
 from ticketlab.analysis.permutation import (
     Axis,
     PermutationSpec,
     permutation_spec,
     permute,
     permute_mask,
+    repair,
     weight_matching,
 )
+from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
 from ticketlab.models import create_model
+from ticketlab.pruning.units import find_units
 
 CASES = {
     "mlp": ("mlp", (1, 6, 6), {"widths": (7, 5)}),
@@ -111,3 +115,35 @@ def test_not_a_permutation_is_refused():
     spec = PermutationSpec({"h": 2}, {"h": (Axis("w", 0),)})
     with pytest.raises(TicketlabError, match="not a permutation"):
         permute({"w": torch.zeros(2, 2)}, {"h": torch.tensor([0, 0])}, spec)
+
+
+def test_repair_gives_each_unit_the_interpolated_mean_and_std():
+    data = load_dataset("synthetic")
+    torch.manual_seed(0)
+    model = create_model("mlp", data.input_shape, data.num_classes, widths=(6, 5)).eval()
+    a = {k: v.clone() for k, v in model.state_dict().items()}
+    b = {k: torch.randn_like(v) for k, v in a.items()}
+    alpha = 0.3
+    xs = [x for _, x, _ in D.batches(data.train, 64, 0, 0, 3)]
+
+    def stats(state, layer):
+        model.load_state_dict(state)
+        outs = []
+        h = model.get_submodule(layer).register_forward_hook(lambda m, i, o: outs.append(o))
+        with torch.no_grad():
+            for x in xs:
+                model(x)
+        h.remove()
+        y = torch.cat(outs).double()
+        return y.mean(0), y.std(0, unbiased=False)
+
+    repaired = repair(model, a, b, alpha, data, batches=3, batch_size=64)
+    layers = [u.layer for u in find_units(model, data.input_shape)]
+    assert len(layers) == 2
+    for layer in layers:
+        (ma, sa), (mb, sb), (m, s) = stats(a, layer), stats(b, layer), stats(repaired, layer)
+        torch.testing.assert_close(m, (1 - alpha) * ma + alpha * mb, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s, (1 - alpha) * sa + alpha * sb, rtol=1e-4, atol=1e-4)
+    # plain interpolation does not have those statistics: the test can fail
+    _, plain_s = stats({k: 0.7 * a[k] + 0.3 * b[k] for k in a}, layers[-1])
+    assert not torch.allclose(plain_s, (1 - alpha) * stats(a, layers[-1])[1] + alpha * stats(b, layers[-1])[1])

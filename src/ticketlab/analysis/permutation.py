@@ -16,6 +16,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from ticketlab import data as D
+from ticketlab.analysis.connectivity import has_batchnorm, interpolate, reestimate_bn
+from ticketlab.data import Dataset
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 from ticketlab.models.resnet import ResNet
@@ -208,3 +211,88 @@ def weight_matching(
         if not improved:
             break
     return perms
+
+
+# ---- REPAIR ----------------------------------------------------------------------------------------------------
+
+
+def _channel_stats(model: nn.Module, layers: list[str], xs: list[torch.Tensor]) -> dict[str, tuple]:
+    """Per layer, the mean and std of each output channel (dim 1 of a conv, the last dim of a linear layer) over
+    the batches ``xs``, in eval mode."""
+    sums: dict[str, list] = {}
+
+    def hook(name):
+        def record(module, _inputs, out):
+            channels = 1 if isinstance(module, (nn.Conv1d, nn.Conv2d)) else -1  # a linear layer's units: last dim
+            y = out.detach().double().movedim(channels, 0)
+            y = y.reshape(y.shape[0], -1)
+            s = sums.setdefault(name, [0, 0.0, 0.0])
+            s[0] += y.shape[1]
+            s[1] = s[1] + y.sum(1)
+            s[2] = s[2] + (y * y).sum(1)
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in layers]
+    try:
+        model.eval()
+        for x in xs:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, (n, s1, s2) in sums.items():
+        mean = s1 / n
+        out[name] = mean, (s2 / n - mean * mean).clamp_min(0).sqrt()
+    return out
+
+
+@torch.no_grad()
+def repair(
+    model: nn.Module,
+    a: State,
+    b: State,
+    alpha: float,
+    data: Dataset,
+    *,
+    batches: int = 5,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> State:
+    """The state ``(1 - alpha) a + alpha b`` with REPAIR (Jordan et al. 2023): each unit layer's outputs (found by
+    ``find_units``; layers in graph order, earlier layers first) rescaled and shifted so that each unit's mean and
+    std over ``batches`` training batches equal ``(1 - alpha)`` times a's plus ``alpha`` times b's; the correction
+    is folded into the layer's weight rows and bias. Unit layers followed by BatchNorm, layers without a bias and
+    layers outside units (residual streams) are left to BatchNorm re-estimation, which is REPAIR's "reset" for
+    BatchNorm networks; with BatchNorm anywhere, statistics are re-estimated before each measurement. ``model``
+    (its architecture) is restored after. Give b already permuted onto a."""
+    units = [u for u in find_units(model, tuple(data.input_shape)) if u.norm is None]
+    layers = [u.layer for u in units if getattr(model.get_submodule(u.layer), "bias", None) is not None]
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    a, b = ({k: v.detach().clone() for k, v in s.items()} for s in (a, b))  # they may be the model's own tensors
+    was_training = model.training
+    xs = [x for _, x, _ in D.batches(data.train, batch_size, seed, 0, batches, augment=False)]
+
+    def measure(state: State, names: list[str]) -> dict[str, tuple]:
+        model.load_state_dict(state)
+        if has_batchnorm(model):
+            reestimate_bn(model, data.train, batch_size=batch_size, batches=batches, seed=seed)
+        return _channel_stats(model, names, xs)
+
+    try:
+        ends = [measure(s, layers) for s in (a, b)]
+        state = interpolate(a, b, alpha)
+        for layer in layers:
+            mean, std = measure(state, [layer])[layer]
+            target_mean = (1 - alpha) * ends[0][layer][0] + alpha * ends[1][layer][0]
+            target_std = (1 - alpha) * ends[0][layer][1] + alpha * ends[1][layer][1]
+            scale = target_std / (std + 1e-8)
+            shift = target_mean - scale * mean
+            w, bias = param_name(layer, "weight"), param_name(layer, "bias")
+            state[w] = state[w] * scale.to(state[w]).reshape(-1, *[1] * (state[w].dim() - 1))
+            state[bias] = state[bias] * scale.to(state[bias]) + shift.to(state[bias])
+    finally:
+        model.load_state_dict(saved)
+        model.train(was_training)
+    return state
