@@ -78,3 +78,17 @@ def test_a_damaged_or_unfinished_level_names_the_command_that_repairs_it(tmp_pat
     with pytest.raises(TicketlabError, match="level 1 of replicate 1 .* `ticketlab imp`"):
         align(tmp_path, level=1, points=2, device="cpu")
     assert main(["align", str(tmp_path), "--replicates", "0;1"]) == 2
+
+
+def test_repair_adds_one_row_per_pair_beside_the_plain_ones(run):
+    rows = [r for r in align(run, level=0, points=3, repair=True, device="cpu") if r["points"] == 3]
+    assert [r["alignment"] for r in rows] == ["none", "weight_matching", "weight_matching+repair"]
+    plain, _, repaired = rows
+    # at alpha = 0 REPAIR asks a's layers for a's own statistics: a's error, to the odd flipped example
+    assert repaired["error_a"] == pytest.approx(plain["error_a"], abs=0.01)
+    # a later plain command keeps the REPAIR row in align.csv
+    assert [r["alignment"] for r in align(run, level=0, points=3, device="cpu") if r["points"] == 3] == [
+        "none",
+        "weight_matching",
+        "weight_matching+repair",
+    ]

@@ -7,8 +7,10 @@ b's units onto replicate a's, which leaves b's function unchanged but can lower 
 between them (:func:`ticketlab.analysis.connectivity.path_errors`, BatchNorm re-estimated at every point). b's
 mask moves with it, so the masks' overlap before and after says how much of the ticket the permutation explains.
 
-Each (level, pair, points) is one record under ``RUN/align/`` holding the SHA-256 of its inputs; a rerun with
-the same inputs recomputes nothing. ``RUN/align.csv`` is rewritten from the records each time.
+With ``repair``, a third row: the matched path with REPAIR (Jordan et al. 2023) at every point.
+
+Each (level, pair, points, repair or not) is one record under ``RUN/align/`` holding the SHA-256 of its inputs; a
+rerun with the same inputs recomputes nothing. ``RUN/align.csv`` is rewritten from the records each time.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ticketlab import masks as M
-from ticketlab.analysis.connectivity import barrier, instability, path_errors
+from ticketlab.analysis.connectivity import barrier, has_batchnorm, instability, path_errors, reestimate_bn
 from ticketlab.analysis.permutation import permutation_spec, permute, permute_mask, weight_matching
+from ticketlab.analysis.permutation import repair as repair_state
 from ticketlab.data import load_configured
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
@@ -26,6 +31,7 @@ from ticketlab.problem import registry_problem
 from ticketlab.rundir import RunDir, level_count
 from ticketlab.seeds import derive_seed
 from ticketlab.store import DamagedFile, load_tensors, read_record, verify, write_csv, write_record
+from ticketlab.training.objectives import CLASSIFICATION, evaluate
 
 ALIGN_COLUMNS = [
     "level",
@@ -49,12 +55,14 @@ def align(
     replicates: tuple[int, int] = (0, 1),
     points: int = 30,
     bn_batches: int = 20,
+    repair: bool = False,
     device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Barrier and instability between two replicates' trained networks at ``level`` (0: dense), plain and after
-    weight matching, and the rows of the rewritten ``align.csv`` (columns :data:`ALIGN_COLUMNS`; errors and
-    barriers are fractions). Raises TicketlabError for a run made on the user's own model, replicates or a level
-    the run does not have, and levels that have not finished or whose files are damaged."""
+    weight matching (with ``repair``, also after weight matching and REPAIR at every point,
+    :func:`ticketlab.analysis.permutation.repair`); returns the rows of the rewritten ``align.csv`` (columns
+    :data:`ALIGN_COLUMNS`; errors and barriers are fractions). Raises TicketlabError for a run made on the user's
+    own model, replicates or a level the run does not have, and levels unfinished or damaged."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if "weights" in run.saved():
         raise TicketlabError(f"{run.path} was run on your own model; align needs a registered model")
@@ -73,11 +81,14 @@ def align(
     with run.lock():
         ends = [_trained(run, r, level, dev) for r in (a, b)]
         inputs = {f"{role}_{what}": end[2][what] for role, end in zip("ab", ends) for what in ("weights", "mask")}
-        record_file = run.path / "align" / f"level_{level}_r{a}_r{b}_p{points}.json"
-        if not _reusable(record_file, inputs):
-            problem = registry_problem(cfg, load_configured(cfg.data, dev))
+        problem = None
+        for kind in ("", "_repair") if repair else ("",):
+            record_file = run.path / "align" / f"level_{level}_r{a}_r{b}_p{points}{kind}.json"
+            if _reusable(record_file, inputs):
+                continue
+            problem = problem or registry_problem(cfg, load_configured(cfg.data, dev))
             seed = derive_seed(cfg.imp.seed, level, a, b, "align")
-            summaries = _compare(problem, ends, points, bn_batches, seed)
+            summaries = _compare(problem, ends, points, bn_batches, seed, repaired=bool(kind))
             rows = [{"level": level, "replicate_a": a, "replicate_b": b, "points": points, **s} for s in summaries]
             write_record(record_file, {"inputs": inputs, "rows": rows})
         rows = _collect(run)
@@ -120,8 +131,9 @@ def _reusable(path: Path, inputs: dict[str, str]) -> bool:
         return False
 
 
-def _compare(problem, ends, points: int, bn_batches: int, seed: int) -> list[dict[str, Any]]:
-    """The path from a to b, then from a to b permuted onto a (b's mask moved with it)."""
+def _compare(problem, ends, points: int, bn_batches: int, seed: int, *, repaired: bool) -> list[dict[str, Any]]:
+    """The path from a to b, then from a to b permuted onto a (b's mask moved with it); with ``repaired``, only
+    the path from a to the permuted b with REPAIR at every point."""
     (wa, ma, _), (wb, mb, _) = ends
     model = problem.init_model(0)
     spec = permutation_spec(model, problem.data.input_shape)
@@ -130,9 +142,18 @@ def _compare(problem, ends, points: int, bn_batches: int, seed: int) -> list[dic
     device = next(iter(wa.values())).device
     matched = {k: v.to(device) for k, v in permute(cpu[1], perms, spec).items()}
     matched_mask = permute_mask({k: v.cpu() for k, v in mb.items()}, perms, spec)
+    if repaired:
+        paths = [("weight_matching+repair", _repaired_path(model, wa, matched, problem.data, points, bn_batches, seed))]
+        masks = [matched_mask]
+    else:
+        kw = {"points": points, "bn_batches": bn_batches, "seed": seed}
+        paths = [
+            ("none", path_errors(model, wa, wb, problem.data, **kw)),
+            ("weight_matching", path_errors(model, wa, matched, problem.data, **kw)),
+        ]
+        masks = [mb, matched_mask]
     out = []
-    for alignment, other, mask in (("none", wb, mb), ("weight_matching", matched, matched_mask)):
-        path = path_errors(model, wa, other, problem.data, points=points, bn_batches=bn_batches, seed=seed)
+    for (alignment, path), mask in zip(paths, masks):
         errors = [p["test_error"] for p in path]
         out.append(
             {
@@ -147,6 +168,22 @@ def _compare(problem, ends, points: int, bn_batches: int, seed: int) -> list[dic
             }
         )
     return out
+
+
+def _repaired_path(model, a, b, data, points: int, bn_batches: int, seed: int) -> list[dict[str, float]]:
+    """Like ``path_errors``, each point's state repaired (REPAIR) before its BatchNorm re-estimation and test."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rows = []
+    try:
+        for alpha in np.linspace(0.0, 1.0, points).tolist():
+            model.load_state_dict(repair_state(model, a, b, alpha, data, seed=seed))
+            if has_batchnorm(model):
+                reestimate_bn(model, data.train, batch_size=128, batches=bn_batches, seed=seed)
+            loss, acc = evaluate(model, data.test, data.objective or CLASSIFICATION)
+            rows.append({"alpha": alpha, "test_error": 1.0 - acc, "test_loss": loss})
+    finally:
+        model.load_state_dict(saved)
+    return rows
 
 
 def jaccard(a: M.Mask, b: M.Mask) -> float:

@@ -150,6 +150,7 @@ def _align_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--level", type=int, default=0, help="the level (0: the dense network; default: 0)")
     a.add_argument("--replicates", default="0,1", help="the two replicates, a,b (b is permuted onto a; default: 0,1)")
     a.add_argument("--points", type=int, default=30, help="points on the path, ends included (default: 30)")
+    a.add_argument("--repair", action="store_true", help="also the matched path with REPAIR at every point")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
 
 
@@ -346,7 +347,14 @@ def _align(args: argparse.Namespace) -> int:
         a, b = (int(x) for x in args.replicates.split(","))
     except ValueError:
         raise TicketlabError(f"--replicates: cannot read {args.replicates!r}; write two replicates, e.g. 0,1") from None
-    rows = align(Path(args.run_dir), level=args.level, replicates=(a, b), points=args.points, device=args.device)
+    rows = align(
+        Path(args.run_dir),
+        level=args.level,
+        replicates=(a, b),
+        points=args.points,
+        repair=args.repair,
+        device=args.device,
+    )
     print(align_table(rows))
     print(f"\nalignment: {Path(args.run_dir) / 'align.csv'}")
     return 0
