@@ -5,6 +5,7 @@ import torch
 from conftest import tiny_config
 
 from ticketlab import align as A
+from ticketlab import masks as M
 from ticketlab.align import ALIGN_COLUMNS, align, jaccard
 from ticketlab.cli import main
 from ticketlab.data import load_dataset
@@ -61,7 +62,7 @@ def test_jaccard_golden():
     [
         ({"replicates": (0, 0)}, "two different replicates"),
         ({"replicates": (0, 2)}, "two different replicates"),
-        ({"level": 3}, "levels 0 ... 1"),
+        ({"level": 3}, "level 3: the run has levels 0 ... 1"),
         ({"points": 1}, "at least 2"),
     ],
 )
@@ -92,3 +93,21 @@ def test_repair_adds_one_row_per_pair_beside_the_plain_ones(run):
         "weight_matching",
         "weight_matching+repair",
     ]
+
+
+def test_transport_trains_a_mask_carried_into_b_beside_the_plain_mask_and_b_own_ticket(run, capsys):
+    assert main(["align", str(run), "--points", "2", "--transport", "1", "--device", "cpu"]) == 0
+    assert "transported" in capsys.readouterr().out
+    rows = A.transport(run, 1, device="cpu")
+    assert [r["ticket"] for r in rows] == ["transported", "plain", "own"]
+    transported, plain, own = rows
+    # a permutation moves kept weights, it keeps how many: a's density either way
+    assert transported["density"] == plain["density"]
+    assert all(0 <= r["final_test_acc"] <= 1 for r in rows) and own["jaccard_own"] == 1.0
+    job = RunDir(run).job(1, 1, "transport_from_r0")
+    masks = [M.load_mask(RunDir(run).job(1, 1, f"{n}_from_r0").mask) for n in ("transport", "plain")]
+    assert all(int(masks[0][k].sum()) == int(masks[1][k].sum()) for k in masks[1])
+    assert any(not torch.equal(masks[0][k], masks[1][k]) for k in masks[1])
+    # resumable: a second call trains nothing
+    stamp = job.result.stat().st_mtime_ns
+    assert A.transport(run, 1, device="cpu") == rows and job.result.stat().st_mtime_ns == stamp

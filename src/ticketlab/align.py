@@ -19,14 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ticketlab import masks as M
 from ticketlab.analysis.connectivity import barrier, has_batchnorm, instability, path_errors, reestimate_bn
 from ticketlab.analysis.permutation import permutation_spec, permute, permute_mask, weight_matching
 from ticketlab.analysis.permutation import repair as repair_state
+from ticketlab.batched import parse_setting
+from ticketlab.branches.base import masked
 from ticketlab.data import load_configured
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
+from ticketlab.jobs import Job, run_jobs
+from ticketlab.plan import make_plan
 from ticketlab.problem import registry_problem
 from ticketlab.rundir import RunDir, level_count
 from ticketlab.seeds import derive_seed
@@ -64,17 +69,8 @@ def align(
     :data:`ALIGN_COLUMNS`; errors and barriers are fractions). Raises TicketlabError for a run made on the user's
     own model, replicates or a level the run does not have, and levels unfinished or damaged."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if "weights" in run.saved():
-        raise TicketlabError(f"{run.path} was run on your own model; align needs a registered model")
-    cfg = run.config()
+    cfg = _checked(run, level, replicates)
     a, b = replicates
-    if a == b or not (0 <= a < cfg.imp.replicates and 0 <= b < cfg.imp.replicates):
-        raise TicketlabError(
-            f"--replicates {a},{b}: give two different replicates of the run's {cfg.imp.replicates} (0 ... "
-            f"{cfg.imp.replicates - 1})"
-        )
-    if not 0 <= level <= level_count(cfg):
-        raise TicketlabError(f"--level {level}: the run has levels 0 ... {level_count(cfg)}")
     if points < 2:
         raise TicketlabError(f"--points {points}: give at least 2 (the two ends)")
     dev = resolve_device(device)
@@ -94,6 +90,22 @@ def align(
         rows = _collect(run)
         write_csv(run.path / "align.csv", rows, ALIGN_COLUMNS)
     return rows
+
+
+def _checked(run: RunDir, level: int, replicates: tuple[int, int]):
+    """The run's config, once the request fits the run (TicketlabError naming the argument otherwise)."""
+    if "weights" in run.saved():
+        raise TicketlabError(f"{run.path} was run on your own model; align needs a registered model")
+    cfg = run.config()
+    a, b = replicates
+    if a == b or not (0 <= a < cfg.imp.replicates and 0 <= b < cfg.imp.replicates):
+        raise TicketlabError(
+            f"--replicates {a},{b}: give two different replicates of the run's {cfg.imp.replicates} (0 ... "
+            f"{cfg.imp.replicates - 1})"
+        )
+    if not 0 <= level <= level_count(cfg):
+        raise TicketlabError(f"level {level}: the run has levels 0 ... {level_count(cfg)}")
+    return cfg
 
 
 def _trained(run: RunDir, r: int, level: int, dev) -> tuple[dict, M.Mask, dict[str, str]]:
@@ -226,4 +238,107 @@ def align_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in [head, *lines])
 
 
-__all__ = ["ALIGN_COLUMNS", "align", "align_table", "jaccard"]
+# ---- mask transport ---------------------------------------------------------------------------------------------
+
+TRANSPORT_COLUMNS = ["level", "replicate_a", "replicate_b", "ticket", "density", "final_test_acc", "jaccard_own"]
+
+
+def transport(
+    run_dir: str | Path | RunDir,
+    level: int,
+    *,
+    replicates: tuple[int, int] = (0, 1),
+    device: str = "auto",
+    batch_jobs: str | int = "auto",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Mask transport: replicate a's ticket mask at ``level`` carried into replicate b's coordinates through the
+    inverse of the level-0 weight matching (b's dense network matched onto a's), trained from b's rewind state
+    with b's data order; beside it a's mask as it is on b's rewind state, and b's own IMP ticket at ``level``.
+    The two trainings are jobs ``transport_from_rA`` and ``plain_from_rA`` under replicate b's level (resumable;
+    their rows also join ``results.csv`` when it is next written). Returns the rows of ``RUN/transport.csv``
+    (columns :data:`TRANSPORT_COLUMNS`; ``jaccard_own``: overlap with b's own mask at ``level``)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    a, b = replicates
+    if level < 1:
+        raise TicketlabError(f"--transport {level}: give a pruned level (>= 1)")
+    cfg = _checked(run, level, replicates)
+    dev = resolve_device(device)
+    problem = registry_problem(cfg, load_configured(cfg.data, dev))
+    plan = make_plan(cfg, problem)
+    with run.lock():
+        (wa, _, da), (wb, _, db) = (_trained(run, r, 0, dev) for r in (a, b))
+        (_, mask_a, ia), (_, mask_b, _) = (_trained(run, r, level, dev) for r in (a, b))
+        own = run.finished(run.job(b, level, "ticket"), quiet=True, repair=False) or {}
+        rewind_file = run.level(b, 0).rewind
+        rewind_sha = run.recorded(run.job(b, 0, "ticket"), rewind_file) or ""
+        try:
+            rewind = load_tensors(rewind_file, dev, sha256=rewind_sha or None)
+        except DamagedFile as e:
+            raise TicketlabError(f"{e.path} is damaged ({e.why}); run the `ticketlab imp` command again") from None
+        spec = permutation_spec(problem.init_model(b), problem.data.input_shape)
+        cpu = {k: v.cpu() for k, v in wa.items()}, {k: v.cpu() for k, v in wb.items()}
+        perms = weight_matching(*cpu, spec, seed=derive_seed(cfg.imp.seed, 0, a, b, "align"))
+        inverse = {g: torch.argsort(p) for g, p in perms.items()}
+        carried = permute_mask({k: v.cpu() for k, v in mask_a.items()}, inverse, spec)
+        carried = {k: v.to(dev) for k, v in carried.items()}
+        inputs = {"mask": ia["mask"], "rewind": rewind_sha, "a_dense": da["weights"], "b_dense": db["weights"]}
+        jobs = [
+            _transport_job(run, cfg, problem, plan, b, level, f"{name}_from_r{a}", mask, rewind, inputs)
+            for name, mask in (("transport", carried), ("plain", mask_a))
+        ]
+        records = run_jobs(run, jobs, progress=progress, batch_jobs=parse_setting(batch_jobs))
+        tickets = (("transported", carried, records[0]), ("plain", mask_a, records[1]), ("own", mask_b, own))
+        rows = [
+            {
+                "level": level,
+                "replicate_a": a,
+                "replicate_b": b,
+                "ticket": name,
+                "density": M.density(mask),
+                "final_test_acc": record.get("final_test_acc", ""),
+                "jaccard_own": jaccard(mask, mask_b),
+            }
+            for name, mask, record in tickets
+        ]
+        write_csv(run.path / "transport.csv", rows, TRANSPORT_COLUMNS)
+    return rows
+
+
+def _transport_job(run, cfg, problem, plan, r: int, level: int, name: str, mask: M.Mask, rewind, inputs) -> Job:
+    """Train ``mask`` from replicate ``r``'s rewind state with its data order, like the trunk trains a ticket."""
+    files = run.job(r, level, name)
+
+    def build():
+        model = problem.init_model(r)
+        model.load_state_dict(masked(rewind, mask))
+        return model, mask
+
+    return Job(
+        files=files,
+        build=build,
+        train=cfg.train,
+        data=problem.data,
+        data_seed=derive_seed(cfg.imp.seed, r, "data"),
+        start=plan.k,
+        inputs=inputs,
+        label=name,
+        options={},
+        init_file=files.init,
+        mask_file=files.mask,
+    )
+
+
+def transport_table(rows: list[dict[str, Any]]) -> str:
+    """``transport.csv`` as a text table (accuracy in percent)."""
+    head = ["level", "a", "b", "ticket", "density%", "test_acc%", "jaccard_own"]
+    lines = [
+        [str(r["level"]), str(r["replicate_a"]), str(r["replicate_b"]), r["ticket"], f"{100 * r['density']:.2f}",
+         f"{100 * r['final_test_acc']:.2f}" if r["final_test_acc"] != "" else "-", f"{r['jaccard_own']:.3f}"]
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
+    return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in [head, *lines])
+
+
+__all__ = ["ALIGN_COLUMNS", "TRANSPORT_COLUMNS", "align", "align_table", "jaccard", "transport", "transport_table"]

@@ -18,7 +18,7 @@ from ticketlab import config as C
 from ticketlab import presets as P
 from ticketlab import scores as S
 from ticketlab import sweep as SW
-from ticketlab.align import align, align_table
+from ticketlab.align import align, align_table, transport, transport_table
 from ticketlab.configfile import load_file
 from ticketlab.data import dataset_names
 from ticketlab.disjoint import disjoint
@@ -151,6 +151,13 @@ def _align_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--replicates", default="0,1", help="the two replicates, a,b (b is permuted onto a; default: 0,1)")
     a.add_argument("--points", type=int, default=30, help="points on the path, ends included (default: 30)")
     a.add_argument("--repair", action="store_true", help="also the matched path with REPAIR at every point")
+    a.add_argument(
+        "--transport",
+        type=int,
+        metavar="LEVEL",
+        help="also train a's ticket mask at LEVEL carried into b's coordinates by the level-0 matching, and a's plain "
+        "mask, from b's rewind state (jobs under b's level; table against b's own ticket; RUN/transport.csv)",
+    )
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
 
 
@@ -357,6 +364,9 @@ def _align(args: argparse.Namespace) -> int:
     )
     print(align_table(rows))
     print(f"\nalignment: {Path(args.run_dir) / 'align.csv'}")
+    if args.transport is not None:
+        moved = transport(Path(args.run_dir), args.transport, replicates=(a, b), device=args.device)
+        print("\n" + transport_table(moved) + f"\n\nmask transport: {Path(args.run_dir) / 'transport.csv'}")
     return 0
 
 
