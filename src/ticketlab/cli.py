@@ -19,6 +19,7 @@ from ticketlab import early_bird as EB
 from ticketlab import presets as P
 from ticketlab import scores as S
 from ticketlab import sweep as SW
+from ticketlab.align import align, align_table, transport, transport_table
 from ticketlab.branches import stability as ST
 from ticketlab.configfile import load_file
 from ticketlab.data import dataset_names
@@ -172,6 +173,30 @@ def _early_bird_parser(sub: argparse._SubParsersAction) -> None:
     _add_config_flags(eb, mode=False)
 
 
+def _align_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab align``: the barrier between two replicates before and after weight matching."""
+    a = sub.add_parser(
+        "align",
+        help="error barrier between two replicates' trained networks, before and after permutation alignment",
+        description="Between two replicates' trained tickets at one level of a finished IMP run: test error along the "
+        "straight line (BatchNorm re-estimated at each point), plain and after Git Re-Basin weight matching of b's "
+        "units onto a's (b's mask moved with them). Writes RUN/align.csv; a rerun recomputes nothing.",
+    )
+    a.add_argument("run_dir")
+    a.add_argument("--level", type=int, default=0, help="the level (0: the dense network; default: 0)")
+    a.add_argument("--replicates", default="0,1", help="the two replicates, a,b (b is permuted onto a; default: 0,1)")
+    a.add_argument("--points", type=int, default=30, help="points on the path, ends included (default: 30)")
+    a.add_argument("--repair", action="store_true", help="also the matched path with REPAIR at every point")
+    a.add_argument(
+        "--transport",
+        type=int,
+        metavar="LEVEL",
+        help="also train a's ticket mask at LEVEL carried into b's coordinates by the level-0 matching, and a's plain "
+        "mask, from b's rewind state (jobs under b's level; table against b's own ticket; RUN/transport.csv)",
+    )
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -274,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="the .pt2 file (default: RUN_DIR/ticket-level-N.pt2)")
     _branch_parser(sub)
     _early_bird_parser(sub)
+    _align_parser(sub)
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -401,6 +427,27 @@ def _stability(args: argparse.Namespace) -> int:
     return 0
 
 
+def _align(args: argparse.Namespace) -> int:
+    try:
+        a, b = (int(x) for x in args.replicates.split(","))
+    except ValueError:
+        raise TicketlabError(f"--replicates: cannot read {args.replicates!r}; write two replicates, e.g. 0,1") from None
+    rows = align(
+        Path(args.run_dir),
+        level=args.level,
+        replicates=(a, b),
+        points=args.points,
+        repair=args.repair,
+        device=args.device,
+    )
+    print(align_table(rows))
+    print(f"\nalignment: {Path(args.run_dir) / 'align.csv'}")
+    if args.transport is not None:
+        moved = transport(Path(args.run_dir), args.transport, replicates=(a, b), device=args.device)
+        print("\n" + transport_table(moved) + f"\n\nmask transport: {Path(args.run_dir) / 'transport.csv'}")
+    return 0
+
+
 def _disjoint(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     where, rows = disjoint(
@@ -473,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             return _branch(args)
         if args.command == "stability":
             return _stability(args)
+        if args.command == "align":
+            return _align(args)
         if args.command == "disjoint":
             return _disjoint(args)
         if args.command == "early-bird":
