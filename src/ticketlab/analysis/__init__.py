@@ -1,0 +1,1 @@
+"""Analyses of finished runs: what tickets share (alignment), stability."""
