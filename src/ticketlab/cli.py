@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ticketlab import analyze as AN
 from ticketlab import branches as B
 from ticketlab import compare_criteria
 from ticketlab import config as C
@@ -197,6 +198,24 @@ def _align_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
 
 
+def _analyze_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab analyze``: what the tickets of an IMP run share (signs, gradients, masks of other runs)."""
+    a = sub.add_parser(
+        "analyze",
+        help="what tickets share: sign preservation, gradient/trajectory alignment, mask overlap with other runs",
+        description="Per replicate and finished level of an IMP run: sign preservation rho of the ticket, the dense "
+        "network and the random baseline; gradient alignment with the early dense gradients; trajectory alignment "
+        "at the rewind point; direct, all-weights and effective density. Writes RUN/analysis.csv (read back while "
+        "the inputs are unchanged) and, with --against, RUN/overlap.csv.",
+    )
+    a.add_argument("run_dir")
+    a.add_argument("--against", nargs="+", default=[], metavar="RUN2", help="run directories to compare masks with")
+    a.add_argument("--levels", help="comma-separated levels (default: every finished level)")
+    a.add_argument("--grad-iterations", type=int, default=20, help="early iterations of mean |grad| (default: 20)")
+    a.add_argument("--trajectory-batches", type=int, default=5, help="batches of the gradient at k (default: 5)")
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -300,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _branch_parser(sub)
     _early_bird_parser(sub)
     _align_parser(sub)
+    _analyze_parser(sub)
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -448,6 +468,28 @@ def _align(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    try:
+        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
+    except ValueError:
+        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    rows, overlap = AN.analyze(
+        Path(args.run_dir),
+        against=args.against,
+        levels=levels,
+        grad_iterations=args.grad_iterations,
+        trajectory_batches=args.trajectory_batches,
+        device=args.device,
+    )
+    print(AN.analysis_table(rows))
+    if overlap:
+        print("\n" + AN.overlap_table(overlap))
+    written = [AN.ANALYSIS_CSV, *([AN.OVERLAP_CSV] if overlap else [])]
+    print("\nanalysis: " + ", ".join(str(Path(args.run_dir) / name) for name in written))
+    print(f"report: {html_report(Path(args.run_dir))}")
+    return 0
+
+
 def _disjoint(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     where, rows = disjoint(
@@ -522,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
             return _stability(args)
         if args.command == "align":
             return _align(args)
+        if args.command == "analyze":
+            return _analyze(args)
         if args.command == "disjoint":
             return _disjoint(args)
         if args.command == "early-bird":

@@ -204,6 +204,47 @@ def disjoint_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     return _pre(disjoint_table(read_csv(path))) if path.exists() else None
 
 
+@panel("What tickets share (ticketlab analyze)")
+def analysis_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    parts = []
+    for name, what in (
+        (
+            "analysis.csv",
+            "sign preservation rho, gradient and trajectory alignment, densities; one row per replicate "
+            "and level (the mean per level over replicates first)",
+        ),
+        ("overlap.csv", "mask overlap (Jaccard) with other runs' levels of nearest density; layer 'all': whole mask"),
+    ):
+        if not (run.path / name).exists():
+            continue
+        table = read_csv(run.path / name)
+        if not table:
+            continue
+        columns = list(table[0])
+        parts.append(f"<p>{html.escape(name)}: {html.escape(what)}.</p>")
+        if name == "analysis.csv":
+            measures = columns[2:]
+            by_level = defaultdict(list)
+            for r in table:
+                by_level[int(r["level"])].append(r)
+            lines = []
+            for lv, group in sorted(by_level.items()):
+                cells = []
+                for m in measures:
+                    v = np.array([float(r[m]) for r in group if r[m] not in ("", "nan")])
+                    spread = f" ± {v.std(ddof=1):.4f}" if v.size > 1 else ""  # sample std, ddof=1
+                    cells.append(f"{v.mean():.4f}{spread}" if v.size else "-")
+                lines.append([lv, *cells, len(group)])
+            parts.append(_table(["level", *measures, "n"], lines, "analysis"))
+        lines = [[r[c] for c in columns] for r in table]
+        parts.append(
+            f"<details><summary>{len(lines)} rows of {html.escape(name)} (click to open)</summary>"
+            + _table(columns, lines, "analysis")
+            + "</details>"
+        )
+    return "".join(parts) or None
+
+
 @panel("Compute spent")
 def cost_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     return _pre(cost_table(rows)) if rows else None
