@@ -196,6 +196,8 @@ def _align_parser(sub: argparse._SubParsersAction) -> None:
         "mask, from b's rewind state (jobs under b's level; table against b's own ticket; RUN/transport.csv)",
     )
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    a.add_argument("--batch-jobs", default="auto", help="--transport: as for imp (default: auto)")
+    a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="--transport: bars")
 
 
 def _analyze_parser(sub: argparse._SubParsersAction) -> None:
@@ -463,7 +465,15 @@ def _align(args: argparse.Namespace) -> int:
     print(align_table(rows))
     print(f"\nalignment: {Path(args.run_dir) / 'align.csv'}")
     if args.transport is not None:
-        moved = transport(Path(args.run_dir), args.transport, replicates=(a, b), device=args.device)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        moved = transport(
+            Path(args.run_dir),
+            args.transport,
+            replicates=(a, b),
+            device=args.device,
+            batch_jobs=args.batch_jobs,
+            progress=progress,
+        )
         print("\n" + transport_table(moved) + f"\n\nmask transport: {Path(args.run_dir) / 'transport.csv'}")
     return 0
 
