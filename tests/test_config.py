@@ -5,7 +5,7 @@ import tracemalloc
 
 import pytest
 
-from ticketlab import cli
+from ticketlab import cli, cli_flags
 from ticketlab import config as C
 from ticketlab.configfile import MAX_FILE_BYTES, load_file
 from ticketlab.errors import TicketlabError
@@ -233,9 +233,9 @@ def test_config_file_may_use_the_old_booleans_and_a_flag_still_wins(tmp_path):
     old = tmp_path / "old.yaml"
     old.write_text("imp:\n  at_init: true\n  target_density: 0.1\n")
     parser = cli.build_parser()
-    assert cli.config_from_args(parser.parse_args(["imp", "--config", str(old)])).imp.mode == "at-init"
+    assert cli_flags.config_from_args(parser.parse_args(["imp", "--config", str(old)])).imp.mode == "at-init"
     args = ["imp", "--config", str(old), "--one-shot"]
-    assert cli.config_from_args(parser.parse_args(args)).imp.mode == "one-shot"
+    assert cli_flags.config_from_args(parser.parse_args(args)).imp.mode == "one-shot"
 
 
 @pytest.mark.parametrize(
@@ -243,7 +243,7 @@ def test_config_file_may_use_the_old_booleans_and_a_flag_still_wins(tmp_path):
     [([], "iterative"), (["--mode", "one-shot"], "one-shot"), (["--one-shot"], "one-shot"), (["--at-init"], "at-init")],
 )
 def test_mode_flag_and_its_shorthands(flags, mode):
-    assert cli.config_from_args(cli.build_parser().parse_args(["imp", *flags])).imp.mode == mode
+    assert cli_flags.config_from_args(cli.build_parser().parse_args(["imp", *flags])).imp.mode == mode
 
 
 def test_mode_shorthands_exclude_each_other(capsys):
