@@ -111,3 +111,17 @@ def test_transport_trains_a_mask_carried_into_b_beside_the_plain_mask_and_b_own_
     # resumable: a second call trains nothing
     stamp = job.result.stat().st_mtime_ns
     assert A.transport(run, 1, device="cpu") == rows and job.result.stat().st_mtime_ns == stamp
+
+
+def test_transport_csv_keeps_every_pair_asked_for(run):
+    A.transport(run, 1, replicates=(0, 1), device="cpu")
+    A.transport(run, 1, replicates=(1, 0), device="cpu")
+    with open(RunDir(run).path / "transport.csv") as f:
+        pairs = [(r["replicate_a"], r["replicate_b"], r["ticket"]) for r in csv.DictReader(f)]
+    # both pairs, each once, a rerun of a pair replacing its own rows
+    assert sorted(pairs) == sorted(
+        (a, b, t) for a, b in (("0", "1"), ("1", "0")) for t in ("transported", "plain", "own")
+    )
+    A.transport(run, 1, replicates=(0, 1), device="cpu")
+    with open(RunDir(run).path / "transport.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6

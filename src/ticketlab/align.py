@@ -35,7 +35,7 @@ from ticketlab.plan import make_plan
 from ticketlab.problem import registry_problem
 from ticketlab.rundir import RunDir, level_count
 from ticketlab.seeds import derive_seed
-from ticketlab.store import DamagedFile, load_tensors, read_record, verify, write_csv, write_record
+from ticketlab.store import DamagedFile, load_tensors, read_csv, read_record, verify, write_csv, write_record
 from ticketlab.training.objectives import CLASSIFICATION, evaluate
 
 ALIGN_COLUMNS = [
@@ -301,8 +301,20 @@ def transport(
             }
             for name, mask, record in tickets
         ]
-        write_csv(run.path / "transport.csv", rows, TRANSPORT_COLUMNS)
+        write_csv(run.path / "transport.csv", _joined(run.path / "transport.csv", rows), TRANSPORT_COLUMNS)
     return rows
+
+
+def _joined(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``path`` (an earlier pair's transport) with those of the same (level, a, b) replaced by ``rows``,
+    in order of level and pair."""
+
+    def key(r: dict[str, Any]) -> tuple[int, int, int]:
+        return int(r["level"]), int(r["replicate_a"]), int(r["replicate_b"])
+
+    new = {key(r) for r in rows}
+    kept = [r for r in (read_csv(path) if path.exists() else []) if key(r) not in new]
+    return sorted(kept + rows, key=key)
 
 
 def _transport_job(run, cfg, problem, plan, r: int, level: int, name: str, mask: M.Mask, rewind, inputs) -> Job:
