@@ -60,11 +60,11 @@ def panel(title: str) -> Callable[[Panel], Panel]:
     return register
 
 
-def _pre(text: str) -> str:
+def pre(text: str) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
-def _table(head: list[str], lines: list[list[Any]], cls: str = "") -> str:
+def html_table(head: list[str], lines: list[list[Any]], cls: str = "") -> str:
     """An HTML table; cells are escaped."""
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in line) + "</tr>" for line in lines)
@@ -100,8 +100,8 @@ def accuracy_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     svg = figure_svg(imp_figure(rows, "final_test_acc", title="final test accuracy", bands=True))
     return (
         f"<p>Ticket solid, baselines (and branches) dashed; bands: {SPREAD}.</p>{svg}"
-        + _pre(imp_table(rows, "final_test_acc"))
-        + _pre(imp_table(rows, "best_test_acc"))
+        + pre(imp_table(rows, "final_test_acc"))
+        + pre(imp_table(rows, "best_test_acc"))
     )
 
 
@@ -125,7 +125,7 @@ def matching_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
         + ("" if dense.n > 1 else "; with one replicate there is no spread: only at least the dense mean matches")
         + ".</p>"
     )
-    return note + _table(["level", "weights left", "ticket test acc (%)", "n", "verdict"], lines, "verdict")
+    return note + html_table(["level", "weights left", "ticket test acc (%)", "n", "verdict"], lines, "verdict")
 
 
 @panel("Early-stop iteration vs weights remaining")
@@ -185,7 +185,7 @@ def results_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     lines = [[r[c] for c in columns] for r in csv_rows]
     return (
         f"<details><summary>{len(lines)} jobs (click to open)</summary>"
-        + _table(columns, lines, "results")
+        + html_table(columns, lines, "results")
         + "</details>"
     )
 
@@ -195,13 +195,13 @@ def criteria_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     if not (run.path / "criteria.csv").exists():
         return None
     crit = read_csv(run.path / "criteria.csv")
-    return figure_svg(criteria_figure(crit)) + _pre(criteria_table(crit))
+    return figure_svg(criteria_figure(crit)) + pre(criteria_table(crit))
 
 
 @panel("Disjoint tickets, round by round")
 def disjoint_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     path = run.path / "disjoint.csv"
-    return _pre(disjoint_table(read_csv(path))) if path.exists() else None
+    return pre(disjoint_table(read_csv(path))) if path.exists() else None
 
 
 @panel("What tickets share (ticketlab analyze)")
@@ -235,11 +235,11 @@ def analysis_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
                     spread = f" ± {v.std(ddof=1):.4f}" if v.size > 1 else ""  # sample std, ddof=1
                     cells.append(f"{v.mean():.4f}{spread}" if v.size else "-")
                 lines.append([lv, *cells, len(group)])
-            parts.append(_table(["level", *measures, "n"], lines, "analysis"))
+            parts.append(html_table(["level", *measures, "n"], lines, "analysis"))
         lines = [[r[c] for c in columns] for r in table]
         parts.append(
             f"<details><summary>{len(lines)} rows of {html.escape(name)} (click to open)</summary>"
-            + _table(columns, lines, "analysis")
+            + html_table(columns, lines, "analysis")
             + "</details>"
         )
     return "".join(parts) or None
@@ -247,7 +247,7 @@ def analysis_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
 
 @panel("Compute spent")
 def cost_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
-    return _pre(cost_table(rows)) if rows else None
+    return pre(cost_table(rows)) if rows else None
 
 
 @panel("Config, versions and wall times")
@@ -273,8 +273,8 @@ def config_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     return (
         f"<p>Trained on: {html.escape(versions or '-')}</p><p>This page: {html.escape(page)} ({sys.platform})</p>"
         f"<p>Run directory: <code>{html.escape(str(run.path))}</code></p>"
-        + ("" if saved is None else _pre(json.dumps(saved, indent=2, sort_keys=True)))
-        + ("" if not lines else "<p>Wall time per level, all replicates summed:</p>" + _table(head, lines))
+        + ("" if saved is None else pre(json.dumps(saved, indent=2, sort_keys=True)))
+        + ("" if not lines else "<p>Wall time per level, all replicates summed:</p>" + html_table(head, lines))
     )
 
 

@@ -12,7 +12,7 @@ from ticketlab.report.tables import LABELS, SPREAD, Summary, branch_order, crite
 from ticketlab.store import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the file-only Agg backend; imported here, not at the top: it takes ~0.5 s and the
     CLI loads this module for commands that only print a table."""
     import matplotlib
@@ -48,7 +48,7 @@ def _density_axis(ax, summary: dict[int, dict[str, Any]]) -> None:
 def imp_figure(rows: list[dict[str, Any]], metric: str = "final_test_acc", title: str = "", bands: bool = False):
     """The figure of :func:`imp_plot` (a matplotlib Figure); ``bands``: the sample std as a shaded band (as in the
     LTH paper) rather than error bars."""
-    plt = _pyplot()
+    plt = pyplot()
     summary = imp_summary(rows, metric)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     dense = summary.get(0, {}).get("branches", {}).get("ticket")
@@ -82,7 +82,7 @@ def criteria_plot(rows: list[dict[str, Any]], path: Path, metric: str = "final_t
 
 def criteria_figure(rows: list[dict[str, Any]], metric: str = "final_test_acc"):
     """The figure of :func:`criteria_plot` (a matplotlib Figure)."""
-    plt = _pyplot()
+    plt = pyplot()
     summary = criteria_summary(rows, metric)
     modes = {row["criterion"]: row["mode"] for row in rows}
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -123,7 +123,7 @@ def early_stop_figure(rows: list[dict[str, Any]], title: str = ""):
     rows = [r for r in rows if r.get("early_stop_step") not in (None, "")]
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     summary = imp_summary(rows, "early_stop_step")
     fig, ax = plt.subplots(figsize=(7, 4))
     for branch in branch_order(summary):
@@ -144,7 +144,7 @@ def early_stop_figure(rows: list[dict[str, Any]], title: str = ""):
 def curves_figure(curves: dict[int, dict[str, list[tuple[int, float]]]], densities: dict[int, float]):
     """Test accuracy and test loss vs step, one line per level (``curves[level][key]``: (step, value) pairs,
     already averaged over replicates), coloured from dense (dark) to sparsest (light)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
     cmap = plt.get_cmap("viridis")
     levels = sorted(curves)
@@ -168,7 +168,7 @@ def curves_figure(curves: dict[int, dict[str, list[tuple[int, float]]]], densiti
 
 def density_heatmap(densities: dict[int, dict[str, float]]):
     """Per-layer density (%) of the ticket at each level: levels down, layers across, each cell labelled."""
-    plt = _pyplot()
+    plt = pyplot()
     levels = sorted(densities)
     layers = list(dict.fromkeys(name for lv in levels for name in densities[lv]))
     grid = [[100 * densities[lv].get(name, float("nan")) for name in layers] for lv in levels]
@@ -189,7 +189,7 @@ def density_heatmap(densities: dict[int, dict[str, float]]):
 def figure_svg(fig) -> str:
     """A matplotlib figure as an inline ``<svg>`` element (no XML prologue, text as paths: no fonts needed), and
     close it; its RDF metadata block is dropped. Ids are salted with a fixed string: one figure, one text."""
-    plt = _pyplot()
+    plt = pyplot()
     fig.tight_layout()
     buf = io.StringIO()
     with plt.rc_context({"svg.hashsalt": "ticketlab", "svg.fonttype": "path"}):
@@ -204,6 +204,6 @@ def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
