@@ -149,3 +149,18 @@ def test_a_batchnorm_conv_net_on_images(tmp_path):
     rows = stability(run, levels=[1], at="2it", points=3, bn_batches=2, device="cpu")
     assert len(rows) == 1 and 0 <= rows[0]["error_a"] <= 1 and 0 <= rows[0]["error_b"] <= 1
     assert all((run.path / f).exists() for f in OUTPUTS)
+
+
+def test_an_early_bird_run_measures_its_ticket_and_refuses_level_0_in_one_line(tmp_path, capsys):
+    """Level 0 of an early-bird run is the dense search stopped at emergence (no rewind state, not trained to the
+    end): the default levels leave it out, and asking for it is a one-line error."""
+    flags = ["--dataset", "synthetic", "--steps", "40it", "--batch-size", "32", "--replicates", "1", "--device", "cpu"]
+    flags += ["--density", "0.5", "--every", "10it", "--fifo", "2", "--batch-jobs", "off"]
+    assert main(["early-bird", *flags, "--out", str(tmp_path)]) == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.name.startswith("early-bird-")]
+    assert main(["stability", str(run), "--points", "3", "--device", "cpu", "--batch-jobs", "off"]) == 0
+    assert [r["level"] for r in read_csv(run / "instability.csv")] == ["1"]
+    capsys.readouterr()
+    assert main(["stability", str(run), "--levels", "0,1", "--points", "3", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "level 0" in err and "early-bird" in err

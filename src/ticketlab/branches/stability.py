@@ -68,10 +68,18 @@ class _Trunk:
 
 def _setup(run_dir: str | Path | RunDir, levels: list[int] | None, device: str) -> _Setup:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if "weights" in run.saved():
+    saved = run.saved()
+    if "weights" in saved:
         raise TicketlabError(f"{run.path} was run on your own model; stability needs a registered model")
     cfg = run.config()
     finished = [0, *run.finished_levels(cfg)] if run.finished(run.job(0, 0, "ticket"), quiet=True) else []
+    if "early_bird" in saved:  # level 0 is the dense search, stopped at emergence: not a trained dense network
+        if levels is not None and 0 in levels:
+            raise TicketlabError(
+                f"--levels: level 0 of the early-bird run {run.path} is the dense search stopped at emergence, not a "
+                "trained network; give --levels 1"
+            )
+        finished = [lv for lv in finished if lv > 0]
     chosen = finished if levels is None else sorted(set(levels))
     missing = [lv for lv in chosen if lv not in finished]
     if missing or not chosen:
