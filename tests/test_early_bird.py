@@ -178,3 +178,21 @@ def test_options_are_checked_in_the_api():
     with pytest.raises(TicketlabError, match="--fifo"):
         EB.Options(0.2, fifo=1)
     assert EB.search_config(ExperimentConfig(), EB.Options(0.3)).imp.target_density == 0.3
+
+
+def test_against_compares_with_an_imp_run_of_the_same_model_and_data_only(tmp_path, capsys):
+    """--against reads the IMP ticket's accuracy and FLOPs; a run of another model (wider) would be compared
+    silently with numbers that mean nothing, so it is a one-line error before any training."""
+    imp = ["imp", "--dataset", "synthetic", "--model", "mlp", "--steps", "40it", "--batch-size", "50"]
+    imp += ["--replicates", "1", "--levels", "1", "--baselines", "", "--no-progress", "--batch-jobs", "off"]
+    assert cli.main([*imp, "--widths", "16,8", "--out", str(tmp_path / "same")]) == 0
+    assert cli.main([*imp, "--widths", "32,8", "--out", str(tmp_path / "other")]) == 0
+    (same,), (other,) = (list((tmp_path / d).iterdir()) for d in ("same", "other"))
+    out = tmp_path / "eb"
+    capsys.readouterr()
+    assert cli.main(["early-bird", *FLAGS, "--out", str(out), "--against", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--against" in err and "another model or dataset" in err and "\n" not in err and not out.exists()
+    assert cli.main(["early-bird", *FLAGS, "--out", str(out), "--against", str(same)]) == 0
+    (row,) = read_csv(next(out.iterdir()) / "early_bird.csv")
+    assert row["imp_flops_source"] == "recorded" and row["imp_level"] == "1"
