@@ -260,11 +260,13 @@ def _other_masks(path: Path) -> dict[int, dict[int, M.Mask]]:
             raise TicketlabError(
                 f"--against {path}: {e.path} is damaged ({e.why}); run the command that made it again"
             ) from None
+    if not found and (path / "criteria.csv").exists():  # a criteria comparison holds a table; its runs lie beside it
+        runs = [f"{d.parent} ({RunDir(d.parent).config().prune.criterion})" for d in path.parent.glob("*/config.json")]
+        why = f"a criteria comparison holds only its table; give its runs beside it: {', '.join(sorted(runs))}"
+        raise TicketlabError(f"--against {path}: {why}")
     if not found:
-        raise TicketlabError(
-            f"--against {path}: no replicate_R/level_L/mask.safetensors (L >= 1) in it; give a run directory "
-            "with pruned levels (an IMP, criteria or early-bird run)"
-        )
+        why = "no replicate_R/level_L/mask.safetensors (L >= 1) in it; give an IMP, criteria or early-bird run"
+        raise TicketlabError(f"--against {path}: {why}")
     return found
 
 
