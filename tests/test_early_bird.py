@@ -165,6 +165,7 @@ def test_a_run_killed_after_the_dense_search_resumes_to_identical_results(tmp_pa
         ("--epsilon", "-0.1", "--epsilon"),
         ("--fifo", "1", "--fifo"),
         ("--every", "0ep", "--every"),
+        ("--rule", "bn-channels", "--rule bn-channels: mlp has no prunable layer with a BatchNorm"),
     ],  # fmt: skip
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, flag, value, says):

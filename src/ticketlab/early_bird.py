@@ -180,7 +180,13 @@ def early_bird(
             )
     data = load_configured(cfg.data, resolve_device(device))
     problem = registry_problem(cfg, data)
-    plan = make_plan(cfg, problem)
+    try:
+        plan = make_plan(cfg, problem)
+    except TicketlabError as e:
+        if options.rule != "bn-channels":
+            raise
+        why = f"{cfg.model.model} has no prunable layer with a BatchNorm after it ({e})"
+        raise TicketlabError(f"--rule bn-channels: {why}; use --rule magnitude or a model with BatchNorm") from None
     every = Step.parse(options.every).iterations(plan.per_epoch)
     tag = derive_seed(*sorted(asdict(options).items())) % 16**8
     run = RunDir(Path(out) / f"early-bird-{cfg.model.model}-{cfg.data.dataset}-{cfg.run_hash()}-{tag:08x}")
