@@ -197,3 +197,19 @@ def test_against_compares_with_an_imp_run_of_the_same_model_and_data_only(tmp_pa
     assert cli.main(["early-bird", *FLAGS, "--out", str(out), "--against", str(same)]) == 0
     (row,) = read_csv(next(out.iterdir()) / "early_bird.csv")
     assert row["imp_flops_source"] == "recorded" and row["imp_level"] == "1"
+
+
+def test_analyze_and_align_refuse_an_early_bird_run_in_one_line_where_it_has_no_dense_level(tmp_path, capsys):
+    """Level 0 of an early-bird run stops at emergence and has no rewind state: analyze, align --level 0 and
+    align --transport name that, instead of a 'rewind.safetensors missing, run ticketlab imp again' error."""
+    run = _run(tmp_path, "--replicates", "2")
+    for argv, says in [
+        (["analyze", str(run.path)], "early-bird run"),
+        (["align", str(run.path), "--points", "2"], "early-bird run"),
+        (["align", str(run.path), "--level", "1", "--points", "2", "--transport", "1"], "early-bird run"),
+        (["stability", str(run.path), "--between-levels"], "an early-bird run has one"),
+    ]:
+        capsys.readouterr()
+        assert cli.main([*argv, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and "\n" not in err and "ticketlab imp" not in err

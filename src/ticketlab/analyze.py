@@ -324,8 +324,9 @@ def analyze(
     the batches from k whose mean gradient is the gradient at the rewind point. TicketlabError (one line) when
     ``run_dir`` is not a run directory, a level asked for has not finished, or a file is damaged."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if "weights" in run.saved():
-        raise TicketlabError(f"{run.path} was run on your own model; analyze needs a registered model")
+    if "weights" in run.saved() or "early_bird" in run.saved():
+        why = "is an early-bird run (no rewind state); give it as --against" if "early_bird" in run.saved() else ""
+        raise TicketlabError(f"{run.path} {why or 'was run on your own model; analyze needs a registered model'}")
     if grad_iterations < 1 or trajectory_batches < 1:
         raise TicketlabError("--grad-iterations and the trajectory batches must be at least 1; use e.g. 20")
     cfg = run.config()

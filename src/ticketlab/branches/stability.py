@@ -291,14 +291,14 @@ def level_barriers(
     """Error barrier and instability between the trunk's trained tickets of each pair of successive levels (L, L+1)
     among ``levels`` (default: every finished level, 0 included), per replicate, with level L+1's test-accuracy drop
     against the dense level 0 (Paul et al. 2023: zero barrier goes with matching). No training. Writes
-    ``level_barriers.csv`` (:data:`BARRIER_COLUMNS`) and returns its rows; records ``level_L+1/barrier_from_L.json``.
-    """
+    ``level_barriers.csv`` (:data:`BARRIER_COLUMNS`), returns its rows; records ``level_L+1/barrier_from_L.json``."""
     if points < 2:
         raise TicketlabError(f"--points: {points}; give at least 2")
     s = _setup(run_dir, levels, device)
     pairs = [(a, a + 1) for a in s.levels if a + 1 in s.levels]
     if not pairs:
-        raise TicketlabError(f"--levels: {s.levels} hold no two successive levels; give e.g. 0,1,2")
+        hint = "an early-bird run has one" if "early_bird" in s.run.saved() else "give e.g. 0,1,2"
+        raise TicketlabError(f"--levels: {s.levels} hold no two successive levels ({hint})")
     rows = []
     with s.run.lock():
         for r in range(s.cfg.imp.replicates):
