@@ -122,3 +122,10 @@ def test_a_criteria_comparison_directory_names_its_runs_in_one_line(run, tmp_pat
     err = capsys.readouterr().err.strip()
     assert "criteria comparison" in err and str(tmp_path / "out" / "mlp-synthetic-abc") in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_level_named_twice_is_measured_once(run, tmp_path):
+    """--levels 2,1,2: one row per (replicate, level), so the means and their n are over replicates only."""
+    copy = shutil.copytree(run, tmp_path / "run")
+    rows, _ = AN.analyze(copy, levels=[2, 1, 2], device="cpu")
+    assert [(r["replicate"], r["level"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]

@@ -102,7 +102,7 @@ def _levels(run: RunDir, replicates: int, levels: list[int] | None, finished) ->
                     f"level(s) {missing} of replicate {r} in {run.path} have not finished (finished: "
                     f"{done or 'none'}); run the trunk further first, or pass --levels among the finished ones"
                 )
-            todo[r] = list(levels)
+            todo[r] = sorted(set(levels))  # each level once, however often it is named
         elif done:
             todo[r] = done
     if not todo:
