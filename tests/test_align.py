@@ -125,3 +125,14 @@ def test_transport_csv_keeps_every_pair_asked_for(run):
     A.transport(run, 1, replicates=(0, 1), device="cpu")
     with open(RunDir(run).path / "transport.csv") as f:
         assert len(list(csv.DictReader(f))) == 6
+
+
+@pytest.mark.parametrize("level", ["0", "2"])
+def test_a_bad_transport_level_is_refused_before_any_path_is_measured(tmp_path, level, capsys):
+    """--transport is checked first: the paths (the slow part) are not measured for a request that fails."""
+    cfg = tiny_config(train={"steps": "20it", "eval_every": "20it"}, imp={"levels": 1, "replicates": 2})
+    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), tmp_path, batch_jobs="off")
+    capsys.readouterr()
+    assert main(["align", str(tmp_path), "--points", "2", "--transport", level, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--transport {level}" in err and "\n" not in err and not (tmp_path / "align.csv").exists()

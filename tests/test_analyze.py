@@ -1,6 +1,7 @@
 """``ticketlab analyze`` on a tiny IMP run: the CSVs it writes, what they hold, and when it reads them back."""
 
 import csv
+import shutil
 
 import pytest
 import torch
@@ -108,3 +109,23 @@ def test_bad_input_is_one_line(run, tmp_path, capsys, args, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_criteria_comparison_directory_names_its_runs_in_one_line(run, tmp_path, capsys):
+    """`ticketlab criteria` prints its comparison directory, which holds only criteria.csv; given to --against it
+    must say which run directories beside it hold the criteria's masks."""
+    comparison = tmp_path / "out" / "criteria-mlp-synthetic-0123456789"
+    comparison.mkdir(parents=True)
+    (comparison / "criteria.csv").write_text("criterion\n")
+    shutil.copytree(run, tmp_path / "out" / "mlp-synthetic-abc")
+    assert main(["analyze", str(run), "--against", str(comparison)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "criteria comparison" in err and str(tmp_path / "out" / "mlp-synthetic-abc") in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_level_named_twice_is_measured_once(run, tmp_path):
+    """--levels 2,1,2: one row per (replicate, level), so the means and their n are over replicates only."""
+    copy = shutil.copytree(run, tmp_path / "run")
+    rows, _ = AN.analyze(copy, levels=[2, 1, 2], device="cpu")
+    assert [(r["replicate"], r["level"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]

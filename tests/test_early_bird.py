@@ -165,6 +165,7 @@ def test_a_run_killed_after_the_dense_search_resumes_to_identical_results(tmp_pa
         ("--epsilon", "-0.1", "--epsilon"),
         ("--fifo", "1", "--fifo"),
         ("--every", "0ep", "--every"),
+        ("--rule", "bn-channels", "--rule bn-channels: mlp has no prunable layer with a BatchNorm"),
     ],  # fmt: skip
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, flag, value, says):
@@ -178,3 +179,37 @@ def test_options_are_checked_in_the_api():
     with pytest.raises(TicketlabError, match="--fifo"):
         EB.Options(0.2, fifo=1)
     assert EB.search_config(ExperimentConfig(), EB.Options(0.3)).imp.target_density == 0.3
+
+
+def test_against_compares_with_an_imp_run_of_the_same_model_and_data_only(tmp_path, capsys):
+    """--against reads the IMP ticket's accuracy and FLOPs; a run of another model (wider) would be compared
+    silently with numbers that mean nothing, so it is a one-line error before any training."""
+    imp = ["imp", "--dataset", "synthetic", "--model", "mlp", "--steps", "40it", "--batch-size", "50"]
+    imp += ["--replicates", "1", "--levels", "1", "--baselines", "", "--no-progress", "--batch-jobs", "off"]
+    assert cli.main([*imp, "--widths", "16,8", "--out", str(tmp_path / "same")]) == 0
+    assert cli.main([*imp, "--widths", "32,8", "--out", str(tmp_path / "other")]) == 0
+    (same,), (other,) = (list((tmp_path / d).iterdir()) for d in ("same", "other"))
+    out = tmp_path / "eb"
+    capsys.readouterr()
+    assert cli.main(["early-bird", *FLAGS, "--out", str(out), "--against", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--against" in err and "another model or dataset" in err and "\n" not in err and not out.exists()
+    assert cli.main(["early-bird", *FLAGS, "--out", str(out), "--against", str(same)]) == 0
+    (row,) = read_csv(next(out.iterdir()) / "early_bird.csv")
+    assert row["imp_flops_source"] == "recorded" and row["imp_level"] == "1"
+
+
+def test_analyze_and_align_refuse_an_early_bird_run_in_one_line_where_it_has_no_dense_level(tmp_path, capsys):
+    """Level 0 of an early-bird run stops at emergence and has no rewind state: analyze, align --level 0 and
+    align --transport name that, instead of a 'rewind.safetensors missing, run ticketlab imp again' error."""
+    run = _run(tmp_path, "--replicates", "2")
+    for argv, says in [
+        (["analyze", str(run.path)], "early-bird run"),
+        (["align", str(run.path), "--points", "2"], "early-bird run"),
+        (["align", str(run.path), "--level", "1", "--points", "2", "--transport", "1"], "early-bird run"),
+        (["stability", str(run.path), "--between-levels"], "an early-bird run has one"),
+    ]:
+        capsys.readouterr()
+        assert cli.main([*argv, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and "\n" not in err and "ticketlab imp" not in err

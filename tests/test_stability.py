@@ -62,7 +62,10 @@ def test_cli_writes_the_files_and_a_rerun_trains_nothing_and_writes_the_same_byt
         assert float(row["instability"]) == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2)
     # the copies join results.csv under their own labels; the trunk's rows are unchanged
     branches = {r["branch"] for r in read_csv(run / "results.csv")}
-    assert branches == {"ticket", "stability[copy=a,k=0it]", "stability[copy=b,k=0it]", "stability[copy=b,k=10it]"}
+    assert branches == {
+        "ticket", "stability[copy=a,k=0it]", "stability[copy=b,k=0it]", "stability[copy=b,k=10it]",
+        "stability[copy=a,k=10it]",  # only level 0's: the dense trunk did not restart at k
+    }  # fmt: skip
     _no_training(monkeypatch)
     assert main(["stability", str(run), "--at", "0it,10it", "--points", "4", "--device", "cpu"]) == 0
     assert {f: (run / f).read_bytes() for f in OUTPUTS if f.endswith(".csv")} == {
@@ -149,3 +152,31 @@ def test_a_batchnorm_conv_net_on_images(tmp_path):
     rows = stability(run, levels=[1], at="2it", points=3, bn_batches=2, device="cpu")
     assert len(rows) == 1 and 0 <= rows[0]["error_a"] <= 1 and 0 <= rows[0]["error_b"] <= 1
     assert all((run.path / f).exists() for f in OUTPUTS)
+
+
+def test_an_early_bird_run_measures_its_ticket_and_refuses_level_0_in_one_line(tmp_path, capsys):
+    """Level 0 of an early-bird run is the dense search stopped at emergence (no rewind state, not trained to the
+    end): the default levels leave it out, and asking for it is a one-line error."""
+    flags = ["--dataset", "synthetic", "--steps", "40it", "--batch-size", "32", "--replicates", "1", "--device", "cpu"]
+    flags += ["--density", "0.5", "--every", "10it", "--fifo", "2", "--batch-jobs", "off"]
+    assert main(["early-bird", *flags, "--out", str(tmp_path)]) == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.name.startswith("early-bird-")]
+    assert main(["stability", str(run), "--points", "3", "--device", "cpu", "--batch-jobs", "off"]) == 0
+    assert [r["level"] for r in read_csv(run / "instability.csv")] == ["1"]
+    capsys.readouterr()
+    assert main(["stability", str(run), "--levels", "0,1", "--points", "3", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "level 0" in err and "early-bird" in err
+
+
+def test_dense_copy_a_at_the_rewind_step_restarts_there_like_copy_b(trunk, tmp_path):
+    """At k = the rewind step (10it) the dense trunk trained through k with its optimizer state; copy A must start
+    at k with a fresh optimizer like copy B (only their data orders differ), so it is trained, not the trunk's."""
+    run = RunDir(_copy(trunk, tmp_path))
+    stability(run.path, levels=[0, 1], points=3, device="cpu", batch_jobs="off")
+    copy_a = run.job(0, 0, "stability_10it_a")
+    assert copy_a.final.exists()
+    assert not run.job(0, 1, "stability_10it_a").final.exists()  # a pruned level's ticket restarts at k: reused
+    rows = read_csv(run.path / "instability.csv")
+    dense = next(r for r in rows if r["replicate"] == "0" and r["level"] == "0")
+    assert float(dense["acc_a"]) == read_record(copy_a.result)["final_test_acc"]

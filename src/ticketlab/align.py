@@ -96,6 +96,8 @@ def _checked(run: RunDir, level: int, replicates: tuple[int, int]):
     """The run's config, once the request fits the run (TicketlabError naming the argument otherwise)."""
     if "weights" in run.saved():
         raise TicketlabError(f"{run.path} was run on your own model; align needs a registered model")
+    if "early_bird" in run.saved() and level == 0:
+        raise TicketlabError(f"{run.path}: level 0 of an early-bird run stops at emergence, untrained; give --level 1")
     cfg = run.config()
     a, b = replicates
     if a == b or not (0 <= a < cfg.imp.replicates and 0 <= b < cfg.imp.replicates):
@@ -263,6 +265,8 @@ def transport(
     if level < 1:
         raise TicketlabError(f"--transport {level}: give a pruned level (>= 1)")
     cfg = _checked(run, level, replicates)
+    if "early_bird" in run.saved():
+        raise TicketlabError(f"--transport: {run.path} is an early-bird run, without the dense level 0 it matches by")
     dev = resolve_device(device)
     problem = registry_problem(cfg, load_configured(cfg.data, dev))
     plan = make_plan(cfg, problem)

@@ -102,7 +102,7 @@ def _levels(run: RunDir, replicates: int, levels: list[int] | None, finished) ->
                     f"level(s) {missing} of replicate {r} in {run.path} have not finished (finished: "
                     f"{done or 'none'}); run the trunk further first, or pass --levels among the finished ones"
                 )
-            todo[r] = list(levels)
+            todo[r] = sorted(set(levels))  # each level once, however often it is named
         elif done:
             todo[r] = done
     if not todo:
@@ -260,11 +260,13 @@ def _other_masks(path: Path) -> dict[int, dict[int, M.Mask]]:
             raise TicketlabError(
                 f"--against {path}: {e.path} is damaged ({e.why}); run the command that made it again"
             ) from None
+    if not found and (path / "criteria.csv").exists():  # a criteria comparison holds a table; its runs lie beside it
+        runs = [f"{d.parent} ({RunDir(d.parent).config().prune.criterion})" for d in path.parent.glob("*/config.json")]
+        why = f"a criteria comparison holds only its table; give its runs beside it: {', '.join(sorted(runs))}"
+        raise TicketlabError(f"--against {path}: {why}")
     if not found:
-        raise TicketlabError(
-            f"--against {path}: no replicate_R/level_L/mask.safetensors (L >= 1) in it; give a run directory "
-            "with pruned levels (an IMP, criteria or early-bird run)"
-        )
+        why = "no replicate_R/level_L/mask.safetensors (L >= 1) in it; give an IMP, criteria or early-bird run"
+        raise TicketlabError(f"--against {path}: {why}")
     return found
 
 
@@ -322,8 +324,9 @@ def analyze(
     the batches from k whose mean gradient is the gradient at the rewind point. TicketlabError (one line) when
     ``run_dir`` is not a run directory, a level asked for has not finished, or a file is damaged."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if "weights" in run.saved():
-        raise TicketlabError(f"{run.path} was run on your own model; analyze needs a registered model")
+    if "weights" in run.saved() or "early_bird" in run.saved():
+        why = "is an early-bird run (no rewind state); give it as --against" if "early_bird" in run.saved() else ""
+        raise TicketlabError(f"{run.path} {why or 'was run on your own model; analyze needs a registered model'}")
     if grad_iterations < 1 or trajectory_batches < 1:
         raise TicketlabError("--grad-iterations and the trajectory batches must be at least 1; use e.g. 20")
     cfg = run.config()

@@ -16,6 +16,7 @@ from ticketlab.branches import stability as ST
 from ticketlab.cli_flags import add_config_flags, config_from_args, run_flags, training_flags
 from ticketlab.errors import TicketlabError
 from ticketlab.report.html import html_report
+from ticketlab.rundir import RunDir, level_count
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -149,6 +150,10 @@ def _align(args: argparse.Namespace) -> int:
         a, b = (int(x) for x in args.replicates.split(","))
     except ValueError:
         raise TicketlabError(f"--replicates: cannot read {args.replicates!r}; write two replicates, e.g. 0,1") from None
+    if args.transport is not None:  # checked before the paths are measured, not after
+        top = level_count(RunDir(args.run_dir).config())
+        if not 1 <= args.transport <= top:
+            raise TicketlabError(f"--transport {args.transport}: give a pruned level of the run, 1 ... {top}")
     rows = align(
         Path(args.run_dir),
         level=args.level,

@@ -171,11 +171,22 @@ def early_bird(
     cfg = search_config(config, options)
     parse_setting(batch_jobs)
     imp_run = RunDir(against) if against is not None else None
-    if imp_run is not None:
-        imp_run.saved()  # a run directory, before anything runs
+    if imp_run is not None:  # a run directory of the same model and data, before anything runs
+        other = None if "weights" in imp_run.saved() else imp_run.config().to_dict()
+        if other is None or any(other[k] != cfg.to_dict()[k] for k in ("model", "data")):
+            raise TicketlabError(
+                f"--against {against}: that run trained another model or dataset; give an IMP run made with the same "
+                "model and data flags"
+            )
     data = load_configured(cfg.data, resolve_device(device))
     problem = registry_problem(cfg, data)
-    plan = make_plan(cfg, problem)
+    try:
+        plan = make_plan(cfg, problem)
+    except TicketlabError as e:
+        if options.rule != "bn-channels":
+            raise
+        why = f"{cfg.model.model} has no prunable layer with a BatchNorm after it ({e})"
+        raise TicketlabError(f"--rule bn-channels: {why}; use --rule magnitude or a model with BatchNorm") from None
     every = Step.parse(options.every).iterations(plan.per_epoch)
     tag = derive_seed(*sorted(asdict(options).items())) % 16**8
     run = RunDir(Path(out) / f"early-bird-{cfg.model.model}-{cfg.data.dataset}-{cfg.run_hash()}-{tag:08x}")

@@ -2,7 +2,8 @@
 
 For every replicate, level and step k: the level's mask on the dense weights at k (the trunk's rewind state at the
 trunk's k, else the dense training replayed to k), trained to the end of the schedule twice with the mask kept:
-copy A with the trunk's data seed (at the trunk's k that IS the trunk's trained ticket: reused, not trained) and
+copy A with the trunk's data seed (at the trunk's k that IS the trunk's trained ticket, reused, except for the dense
+level 0 at k > 0: the trunk trained through k with its optimizer state, so A restarts at k like B) and
 copy B with its own data seed (another data order and other augmentation draws). The test error along the line
 between A and B (:func:`ticketlab.analysis.connectivity.path_errors`) gives the instability. The copies are
 ordinary resumable jobs (``replicate_R/level_L/stability_Kit_b/``, results.csv branch ``stability[copy=b,k=Kit]``);
@@ -68,10 +69,16 @@ class _Trunk:
 
 def _setup(run_dir: str | Path | RunDir, levels: list[int] | None, device: str) -> _Setup:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if "weights" in run.saved():
+    saved = run.saved()
+    if "weights" in saved:
         raise TicketlabError(f"{run.path} was run on your own model; stability needs a registered model")
     cfg = run.config()
     finished = [0, *run.finished_levels(cfg)] if run.finished(run.job(0, 0, "ticket"), quiet=True) else []
+    if "early_bird" in saved:  # level 0 is the dense search, stopped at emergence: not a trained dense network
+        if levels is not None and 0 in levels:
+            why = "is the dense search stopped at emergence, not a trained network; give --levels 1"
+            raise TicketlabError(f"--levels: level 0 of the early-bird run {run.path} {why}")
+        finished = [lv for lv in finished if lv > 0]
     chosen = finished if levels is None else sorted(set(levels))
     missing = [lv for lv in chosen if lv not in finished]
     if missing or not chosen:
@@ -231,14 +238,14 @@ def stability(
             for level in s.levels:
                 t = _trunk(s, r, level)
                 for k in ks:
-                    if k == s.plan.k:
+                    if k == s.plan.k and (level > 0 or k == 0):
                         start, end_a = t.start, t
-                    else:
-                        if (r, k) not in replayed:
+                    else:  # (the dense trunk ran through its k with its optimizer state: copy A restarts there)
+                        if k != s.plan.k and (r, k) not in replayed:
                             init = s.run.finished(run.job(r, 0, "ticket"), repair=False) or {}
                             init_sha = init.get("files", {}).get(run.rel(run.level(r, 0).init))
                             replayed[r, k] = dense_at(run, cfg, s.problem, r, k, init_sha256=init_sha)
-                        start = masked(replayed[r, k], t.mask)
+                        start = t.start if k == s.plan.k else masked(replayed[r, k], t.mask)
                         jobs.append(_copy_job(s, r, level, k, "a", start, t.mask, t.mask_sha256))
                         end_a = len(jobs) - 1
                     jobs.append(_copy_job(s, r, level, k, "b", start, t.mask, t.mask_sha256))
@@ -284,14 +291,14 @@ def level_barriers(
     """Error barrier and instability between the trunk's trained tickets of each pair of successive levels (L, L+1)
     among ``levels`` (default: every finished level, 0 included), per replicate, with level L+1's test-accuracy drop
     against the dense level 0 (Paul et al. 2023: zero barrier goes with matching). No training. Writes
-    ``level_barriers.csv`` (:data:`BARRIER_COLUMNS`) and returns its rows; records ``level_L+1/barrier_from_L.json``.
-    """
+    ``level_barriers.csv`` (:data:`BARRIER_COLUMNS`), returns its rows; records ``level_L+1/barrier_from_L.json``."""
     if points < 2:
         raise TicketlabError(f"--points: {points}; give at least 2")
     s = _setup(run_dir, levels, device)
     pairs = [(a, a + 1) for a in s.levels if a + 1 in s.levels]
     if not pairs:
-        raise TicketlabError(f"--levels: {s.levels} hold no two successive levels; give e.g. 0,1,2")
+        hint = "an early-bird run has one" if "early_bird" in s.run.saved() else "give e.g. 0,1,2"
+        raise TicketlabError(f"--levels: {s.levels} hold no two successive levels ({hint})")
     rows = []
     with s.run.lock():
         for r in range(s.cfg.imp.replicates):
@@ -354,10 +361,7 @@ def stability_table(rows: list[dict[str, Any]]) -> str:
     """The instability rows as a table: per level and k, instability and the copies' test accuracy in points and
     percent (mean ± sample std, ddof=1, over n replicates), stable when the mean is under 2 points."""
     inst = _mean_by(rows, ("level", "density", "k"), "instability")
-    acc_a, acc_b = (
-        _mean_by(rows, ("level", "density", "k"), "acc_a"),
-        _mean_by(rows, ("level", "density", "k"), "acc_b"),
-    )
+    acc_a, acc_b = (_mean_by(rows, ("level", "density", "k"), v) for v in ("acc_a", "acc_b"))
     lines = [
         [
             str(lv),
