@@ -223,6 +223,7 @@ def train(
     end = schedule.total if until is None else min(until, schedule.total)
     eval_every = cfg.eval_every.iterations(per_epoch)
     MaskedParams(model, mask).mask_weights()
+    stoppers = [o for o in observers if hasattr(o, "stop")]  # Observer.stop is optional for duck-typed observers
     net, compaction, swapped = model, None, {}
     if kernels == "auto" and data.train.x.device.type == "cpu" and not _watched(observers, start, end):
         found = compacted(model, mask, data.input_shape, cfg)  # dead units removed, if there are any
@@ -295,7 +296,7 @@ def train(
                     net.train()
                 for o in observers:
                     o.on_step(done, net)
-                if any([o.stop(done) for o in observers]):  # an observer ends training here, evaluated
+                if any([o.stop(done) for o in stoppers]):  # an observer ends training here, evaluated
                     if metrics[-1]["step"] != done:
                         record(done)
                     break
