@@ -119,6 +119,24 @@ def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
     return model
 
 
+def signed_constant(model: nn.Module, names: list[str], k: float = 1.0) -> nn.Module:
+    """Replace each named weight in place by its signed constant, sign(w) * sqrt(2 / fan_in) / sqrt(k) (Ramanujan
+    et al. 2020's "signed Kaiming constant", scaled for a subnetwork keeping the fraction ``k`` of each layer).
+
+    fan_in is as ``torch.nn.init`` computes it, size(1) times the kernel size (``in_features`` for a Linear,
+    ``in_channels / groups * kernel size`` for a conv); a 1-d tensor's size.
+    Zero weights stay zero. Raises TicketlabError for k outside (0, 1]."""
+    if not 0.0 < k <= 1.0:
+        raise TicketlabError(f"signed_constant: k={k}; give the fraction of weights kept, in (0, 1]")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            w = params[name]
+            fan_in = w[0].numel() if w.dim() > 1 else w.numel()
+            w.copy_(torch.sign(w) * (2.0 / (fan_in * k)) ** 0.5)
+    return model
+
+
 def redraw(model: nn.Module, seed: int) -> list[str]:
     """Re-draw every parameter of ``model`` in place, as its modules initialise themselves, deterministically from
     ``seed`` (the caller's random state is left as it was). Returns the names of the parameters nothing re-drew.

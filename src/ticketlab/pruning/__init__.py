@@ -16,7 +16,7 @@ from ticketlab.pruning.allocate import (
     plan_groups,
 )
 from ticketlab.pruning.collapse import collapse, dead_outputs
-from ticketlab.pruning.topk import keep_counts, prune, prune_in_rounds, prune_to, random_mask
+from ticketlab.pruning.topk import keep_counts, prune, prune_in_rounds, prune_to, random_mask, straight_through_topk
 from ticketlab.pruning.units import (
     Unit,
     add_slimming_grad,
@@ -30,6 +30,7 @@ from ticketlab.pruning.units import (
 )
 
 __all__ = [
+    "straight_through_topk",
     "STRATEGIES",
     "Group",
     "Unit",

@@ -59,6 +59,26 @@ def _top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
     return out
 
 
+class _StraightThroughTopK(torch.autograd.Function):
+    """The top-``keep`` entries as a 0/1 float mask; backward returns the mask's gradient unchanged."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, keep: int) -> torch.Tensor:  # type: ignore[override]
+        kept = _top(scores.detach(), torch.ones_like(scores, dtype=torch.bool), keep)
+        return kept.view_as(scores).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+def straight_through_topk(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """A 0/1 mask (``scores``' shape and dtype) of exactly the ``keep`` highest ``scores``, whose gradient passes
+    straight through to every score, kept or not: d mask_i / d score_i = 1 (the straight-through estimator of
+    edge-popup, Ramanujan et al. 2020). Ties are broken as ``torch.topk`` breaks them, the same on every call."""
+    return _StraightThroughTopK.apply(scores, keep)
+
+
 def prune_to(scores: dict[str, torch.Tensor], mask: Mask, counts: list[tuple[tuple[str, ...], int]]) -> Mask:
     """Keep exactly ``keep`` weights in each pool of layers, the highest scores among those alive."""
     new = dict(mask)

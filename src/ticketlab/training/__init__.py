@@ -232,7 +232,8 @@ def train(
         swapped = swap_in(net, mask)  # Linear layers sparse enough to train faster as CSR (ticketlab.sparse)
     masked = MaskedParams(net, {n: m for n, m in mask.items() if n.removesuffix(".weight") not in swapped})
     try:
-        optimizer = make_optimizer(list(net.parameters()), cfg)
+        # frozen tensors (a supermask's weights) are not the optimizer's
+        optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad], cfg)
         metrics: list[dict[str, Any]] = []
         running, seen = torch.zeros((), device=data.train.x.device), 0
         precision = precision_context(cfg, data.train.x.device)
