@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +37,13 @@ def model_arguments(name: str) -> list[str]:
     if name not in _REGISTRY:
         raise TicketlabError(f"unknown model {name!r}; known: {', '.join(_REGISTRY)}")
     return list(inspect.signature(_REGISTRY[name]).parameters)[2:]
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The default of each keyword argument a registered factory takes (e.g. an MLP's ``widths``)."""
+    model_arguments(name)  # TicketlabError for an unknown name
+    params = list(inspect.signature(_REGISTRY[name]).parameters.values())[2:]
+    return {p.name: p.default for p in params}
 
 
 def create_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
