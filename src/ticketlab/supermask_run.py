@@ -340,6 +340,9 @@ def plot(summary: list[dict[str, Any]], where: Path) -> list[Path]:
                 label=name + ("" if method == "dense" else ", best k"),
             )
         ax.set_xscale("log", base=2)
+        ax.set_xticks(widths)
+        ax.set_xticklabels([f"x{w:g}" for w in widths])
+        ax.minorticks_off()
         ax.set_xlabel("width multiplier")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("the best subnetwork as the random network widens")
