@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import ticketlab
 from ticketlab import cli
 from ticketlab import masks as M
 from ticketlab import supermask_run as SR
@@ -154,3 +155,25 @@ def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path, capsys, fla
     err = capsys.readouterr().err.strip()
     assert err.startswith("ticketlab: error: " + says) and "\n" not in err
     assert not any(tmp_path.iterdir())
+
+
+def test_find_supermask_learns_a_mask_over_a_users_conv_net_and_leaves_its_weights(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, 6, 6, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8 * 36, 4),
+    )  # fmt: skip
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    found = ticketlab.find_supermask(
+        net, (x[:300], y[:300]), (x[300:], y[300:]), k=0.4, steps="3ep", lr=0.1, optimizer="sgd", batch_size=50
+    )
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+    assert set(found.mask) == {"0.weight", "4.weight"}
+    assert all(int(m.sum()) == round(0.4 * m.numel()) for m in found.mask.values())
+    assert found.density == pytest.approx(0.4, abs=1e-3)
+    with pytest.raises(TicketlabError, match="unknown option"):
+        ticketlab.find_supermask(net, (x, y), (x, y), methd="zhou")
+    with pytest.raises(TicketlabError, match="--k"):
+        ticketlab.find_supermask(net, (x, y), (x, y), k=0.0)

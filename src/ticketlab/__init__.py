@@ -2,7 +2,7 @@
 
 __version__ = "0.2.0"  # first: modules imported below read it while the package is initialising
 
-from ticketlab.api import find_ticket
+from ticketlab.api import find_supermask, find_ticket
 from ticketlab.branches.stability import stability
 from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
@@ -10,6 +10,7 @@ from ticketlab.imp import imp
 from ticketlab.masks import apply_mask, density, load_mask, save_mask
 from ticketlab.report import study_panels  # noqa: F401 -- registers the studies' HTML report panels
 from ticketlab.rundir import RunDir, Ticket, load_ticket
+from ticketlab.supermask import learn_supermask
 
 __all__ = [
     "ExperimentConfig",
@@ -18,8 +19,10 @@ __all__ = [
     "TicketlabError",
     "apply_mask",
     "density",
+    "find_supermask",
     "find_ticket",
     "imp",
+    "learn_supermask",
     "load_mask",
     "load_ticket",
     "save_mask",

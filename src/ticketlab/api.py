@@ -23,6 +23,7 @@ from ticketlab.imp import run_imp
 from ticketlab.problem import user_problem
 from ticketlab.prunable import BATCH_NORMS, adopt, check_supported
 from ticketlab.rundir import RunDir, Ticket, level_count
+from ticketlab.supermask import SupermaskResult, learn_supermask
 from ticketlab.training.objectives import CLASSIFICATION, Objective
 from ticketlab.user_data import check_labels, check_like, fingerprint, integer_hint, tensors_from
 
@@ -119,25 +120,12 @@ def find_ticket(
         raise TicketlabError(f"model must be an nn.Module or a factory (seed -> nn.Module), not {type(model).__name__}")
     dev = resolve_device(device)
     model, imported = _adopted(model)
-    tr, te = tensors_from(train, "train"), tensors_from(test, "test")
-    check_like(te, tr, "test")
-    if val is not None:
-        if cfg.data.val_size:
-            raise TicketlabError("give either val= data or the val_size option, not both")
-        va = tensors_from(val, "val")
-        check_like(va, tr, "val")
-    else:
-        tr, va = split_validation(tr, cfg.data.val_size)
-    objective = Objective(output=output_fn) if output_fn is not None else CLASSIFICATION
-    data = Dataset("user", tr, te, va, 0, objective=objective).to(dev)
+    data, fingerprints = _user_data(train, test, val, cfg, output_fn, dev)
     problem = user_problem(model, data, cfg.imp.seed)
     classes = _output_width(problem.init_model(0), data)
-    for split, name in ((tr, "train"), (te, "test"), (va, "val")):
-        if split is not None:
-            check_labels(split, name, classes)
+    _check_labels(data, classes)
     _check_batch_norm(problem.init_model(0), cfg.train.batch_size)
     # A run directory belongs to these exact data: resuming with other data is refused.
-    fingerprints = [fingerprint(tr), fingerprint(te), fingerprint(va) if va is not None else None]
     problem = replace(problem, data=replace(data, num_classes=classes)).with_identity(data=fingerprints)
     if output_fn is not None:
         problem = problem.with_identity(output_fn=getattr(output_fn, "__qualname__", type(output_fn).__name__))
@@ -163,6 +151,91 @@ def find_ticket(
         # gone with the last reference to the search or its run (`find_ticket(...).run` keeps it), or at exit
         weakref.finalize(search.run, shutil.rmtree, run_dir, ignore_errors=True)
     return search
+
+
+def _user_data(train, test, val, cfg: C.ExperimentConfig, output_fn, dev: torch.device):
+    """The caller's data as a :class:`Dataset` on ``dev`` (validation split off when asked), and the fingerprints
+    of its splits; TicketlabError for data that cannot be read."""
+    tr, te = tensors_from(train, "train"), tensors_from(test, "test")
+    check_like(te, tr, "test")
+    if val is not None:
+        if cfg.data.val_size:
+            raise TicketlabError("give either val= data or the val_size option, not both")
+        va = tensors_from(val, "val")
+        check_like(va, tr, "val")
+    else:
+        tr, va = split_validation(tr, cfg.data.val_size)
+    objective = Objective(output=output_fn) if output_fn is not None else CLASSIFICATION
+    fingerprints = [fingerprint(tr), fingerprint(te), fingerprint(va) if va is not None else None]
+    return Dataset("user", tr, te, va, 0, objective=objective).to(dev), fingerprints
+
+
+def _check_labels(data: Dataset, classes: int) -> None:
+    for split, name in ((data.train, "train"), (data.test, "test"), (data.val, "val")):
+        if split is not None:
+            check_labels(split, name, classes)
+
+
+def find_supermask(
+    model: nn.Module,
+    train,
+    test,
+    /,
+    *,
+    method: str = "edge-popup",
+    k: float = 0.5,
+    weights: str = "init",
+    rescale: bool = False,
+    binary_activations: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
+    **options: Any,
+) -> SupermaskResult:
+    """Learn a supermask over ``model``'s current weights, frozen (strong lottery tickets, LITERATURE.md section 8):
+    :func:`ticketlab.supermask.learn_supermask` on your own network and data.
+
+    ``train`` / ``test``, ``output_fn``: as for :func:`find_ticket`. ``method``: "zhou", "edge-popup" or "biprop";
+    ``k``: the fraction of each layer kept (zhou: the starting keep probability); ``weights``: "init" (the model's
+    weights as they are) or "signed-constant" (replaced in place by sign(w) * sqrt(2 / fan_in) / sqrt(k));
+    ``rescale`` (zhou), ``binary_activations`` (biprop). ``options``: training fields by name, applied to the
+    scores: ``steps="5ep", lr=0.1, optimizer="sgd", momentum=0.9, schedule="cosine", batch_size=128``. Returns a
+    :class:`~ticketlab.supermask.SupermaskResult` (the wrapped network, the mask, test accuracy with the learned
+    mask and with a random mask of its per-layer density). Nothing is written to disk. TicketlabError for bad
+    options or data, before anything is trained.
+    """
+    train_fields = {f.name for f in C.fields_of("train")}
+    unknown = sorted(set(options) - train_fields)
+    if unknown:
+        raise TicketlabError(
+            f"find_supermask got unknown option(s) {unknown}; training options: {sorted(train_fields)}"
+        )
+    if not isinstance(model, nn.Module):
+        raise TicketlabError(f"model must be an nn.Module, not {type(model).__name__}")
+    cfg = C.from_dict(C.merge(C.ExperimentConfig().to_dict(), {"train": options}))
+    dev = resolve_device(device)
+    adopted, imported = adopt(model)
+    if imported:
+        raise TicketlabError(
+            "the model is pruned with torch.nn.utils.prune; a supermask learns its own mask: pass it unpruned"
+        )
+    check_supported(adopted)
+    data, _ = _user_data(train, test, None, cfg, output_fn, dev)
+    adopted.to(dev)
+    _check_labels(data, _output_width(adopted, data))
+    _check_batch_norm(adopted, cfg.train.batch_size)
+    return learn_supermask(
+        adopted,
+        data,
+        cfg.train,
+        method=method,
+        k=k,
+        weights=weights,
+        rescale=rescale,
+        binary_activations=binary_activations,
+        seed=seed,
+        data_seed=seed,
+    )
 
 
 def _adopted(model: nn.Module | Callable[[int], nn.Module]):
