@@ -32,6 +32,7 @@ from ticketlab.models import model_arguments, model_defaults, signed_constant
 from ticketlab.plan import make_plan
 from ticketlab.problem import Problem, registry_problem, state_of
 from ticketlab.prunable import first_layer_name
+from ticketlab.report.html import html_report
 from ticketlab.report.plots import pyplot, save_figure
 from ticketlab.report.tables import spread_note, summarize
 from ticketlab.rundir import RunDir
@@ -145,6 +146,7 @@ def supermask_run(
         summary = summarize_rows(rows)
         write_csv(run.path / "summary.csv", summary, SUMMARY_COLUMNS)
         plot(summary, run.path)
+        html_report(run.path)  # RUN/report.html: report/strong_panels.py's panel, the config and every job
     return run, rows
 
 

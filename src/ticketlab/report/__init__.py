@@ -5,6 +5,7 @@ workflows import those, never the other way round.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ticketlab.errors import TicketlabError
@@ -12,6 +13,10 @@ from ticketlab.report.plots import criteria_plot, imp_plot
 from ticketlab.report.tables import cost_table, criteria_table, imp_table
 from ticketlab.rundir import RunDir
 from ticketlab.store import read_csv
+
+# other kinds of run: fn(run_dir, metric) -> (table, plot), or None when the directory is not theirs (report/
+# strong_panels.py adds the supermask run's; `import ticketlab` imports it)
+REPORTERS: list[Callable[[Path, str], tuple[str, Path] | None]] = []
 
 
 def report(run_dir: Path, metric: str = "final_test_acc") -> tuple[str, Path]:
@@ -21,6 +26,10 @@ def report(run_dir: Path, metric: str = "final_test_acc") -> tuple[str, Path]:
     if (run_dir / "criteria.csv").exists():  # a comparison of criteria (`ticketlab criteria`)
         rows = read_csv(run_dir / "criteria.csv")
         return criteria_table(rows, metric), criteria_plot(rows, run_dir / "criteria.png", metric)
+    for reporter in REPORTERS:
+        found = reporter(run_dir, metric)
+        if found is not None:
+            return found
     run = RunDir(run_dir)
     rows = run.rows()  # a damaged job is left out, with a warning; the same imp command computes it again
     if not rows:

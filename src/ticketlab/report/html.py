@@ -78,12 +78,25 @@ def _config(run: RunDir) -> dict[str, Any] | None:
         return None
 
 
+def imp_jobs(run: RunDir) -> bool:
+    """Whether the run's jobs are IMP levels and branches: not those of a supermask run (its own panel, in
+    report/strong_panels.py, reads its results.csv)."""
+    try:
+        return "supermask" not in run.saved()
+    except TicketlabError:
+        return True
+
+
 def title(run: RunDir) -> str:
     """What the run is, for a reader: model, dataset, replicates, levels and pruning (not the hash)."""
     cfg = _config(run)
     if cfg is None:
         return f"ticketlab report: {run.name}"
     model, data, imp, prune = cfg["model"], cfg["data"], cfg["imp"], cfg["prune"]
+    if not imp_jobs(run):
+        return (
+            f"{model['model']} on {data['dataset']}: supermasks over frozen weights, {imp['replicates']} replicate(s)"
+        )
     return (
         f"{model['model']} on {data['dataset']}: {imp['replicates']} replicate(s), {imp['levels']} levels of "
         f"{prune['strategy']} {prune['criterion']} pruning ({100 * prune['fraction']:g}% per level)"
@@ -182,6 +195,8 @@ def results_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
         return None
     csv_rows = read_csv(run.results_file)
     columns = [c for c in RESULT_COLUMNS if csv_rows and c in csv_rows[0]]
+    if csv_rows and not imp_jobs(run):  # a supermask run's own columns (width, method, k, ...)
+        columns = list(csv_rows[0])
     lines = [[r[c] for c in columns] for r in csv_rows]
     return (
         f"<details><summary>{len(lines)} jobs (click to open)</summary>"
@@ -293,8 +308,9 @@ def render(run_dir: str | Path) -> str:
     """The HTML page of a run directory (a run, or a criteria comparison), one panel per registered panel that has
     data. TicketlabError when the directory holds nothing to report."""
     run = RunDir(Path(run_dir))
-    rows = run.rows(quiet=True) if run.config_file.exists() else []
-    if not rows and not (run.path / "criteria.csv").exists() and not (run.path / "disjoint.csv").exists():
+    rows = run.rows(quiet=True) if run.config_file.exists() and imp_jobs(run) else []  # a supermask run: none
+    found = rows or any((run.path / f).exists() for f in ("criteria.csv", "disjoint.csv"))
+    if not found and (imp_jobs(run) or not run.results_file.exists()):
         raise TicketlabError(f"{run.path}: nothing to report yet (no finished job, criteria.csv or disjoint.csv)")
     sections = []
     for name, fn in PANELS:
