@@ -82,6 +82,7 @@ def _supermask(args: argparse.Namespace) -> int:
     run, rows = SR.supermask_run(cfg, options, out=args.out, device=args.device, progress=progress)
     print(SR.table(SR.summarize_rows(rows)))
     print(f"\nrun directory: {run.path}\nresults: {run.results_file}\nplots: {run.path / 'accuracy_vs_k.png'}")
+    print(f"report: {run.path / 'report.html'}")
     return 0
 
 
