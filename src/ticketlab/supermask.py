@@ -287,13 +287,13 @@ def learn_supermask(
     if weights not in WEIGHTS:
         raise TicketlabError(f"--weights {weights!r}: use one of {', '.join(WEIGHTS)}")
     names = prunable_names(model) if names is None else list(names)
-    if weights == "signed-constant":
-        signed_constant(model, names, k)
     example = data.train.inputs(slice(0, 1))
     first = first_layer_name(model, example, names) if binary_activations else None
-    sm = Supermask(
+    sm = Supermask(  # validates the options before any weight is replaced
         model, names, method, k=k, rescale=rescale, binary_activations=binary_activations, first=first, seed=seed
     )
+    if weights == "signed-constant":
+        signed_constant(model, names, k)
     before = frozen_state(model)
     objective = objective or data.objective or CLASSIFICATION
     result = train(sm, data, cfg, mask={}, data_seed=data_seed, observers=observers, objective=objective, kernels="off")
