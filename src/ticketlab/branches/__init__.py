@@ -8,7 +8,8 @@ and a second identical command does no work; its rows join ``results.csv`` with 
 
 A branch is one function registered with :func:`~ticketlab.branches.base.register`, one file per family:
 ``baselines`` (reinit, random_prune), ``rewinding`` (rewind, finetune, lr_rewind, partial_rewind), ``perturb``
-(sign_only, perturb), ``transfer``. Its keyword-only parameters are its options (see ``base``).
+(sign_only, perturb), ``transfer``, ``untrained`` (supermask_eval). Its keyword-only parameters are its options
+(see ``base``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from ticketlab import masks as M
 from ticketlab.batched import parse_setting
-from ticketlab.branches import baselines, perturb, rewinding, transfer  # noqa: F401 -- each registers its branches
+from ticketlab.branches import baselines, perturb, rewinding, transfer, untrained  # noqa: F401 -- each registers its branches
 from ticketlab.branches.base import BRANCHES, Branch, BranchStart, Option, Start, register
 from ticketlab.branches.rewinding import dense_at
 from ticketlab.config import ExperimentConfig, as_dict
