@@ -72,3 +72,13 @@ def test_supermask_name_errors_say_what_is_wrong():
         Supermask(net, ["0.weight", "0.weight"], "edge-popup")
     with pytest.raises(TicketlabError, match="no prunable weights"):
         Supermask(net, [], "edge-popup")
+
+
+@pytest.mark.parametrize("flag, value", [("--keep-dense", "first"), ("--levels", "3"), ("--fraction", "0.5")])
+def test_imp_flags_that_a_supermask_run_ignores_are_refused(tmp_path, capsys, flag, value):
+    # they used to be accepted, ignored (--keep-dense first still masked the first layer) and hashed into the run
+    args = ["supermask", "--dataset", "synthetic", "--steps", "5it", "--replicates", "1", flag, value]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ticketlab: error: {flag} is an IMP option") and "\n" not in err
+    assert not any(tmp_path.iterdir())
