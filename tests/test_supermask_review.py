@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import ticketlab
 from ticketlab import cli
 from ticketlab import supermask_run as SR
 from ticketlab.errors import TicketlabError
@@ -82,3 +83,19 @@ def test_imp_flags_that_a_supermask_run_ignores_are_refused(tmp_path, capsys, fl
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ticketlab: error: {flag} is an IMP option") and "\n" not in err
     assert not any(tmp_path.iterdir())
+
+
+def test_find_supermask_with_binary_activations_on_a_model_without_prunable_weights_is_a_one_line_error():
+    class Raw(nn.Module):  # a raw parameter used through F.linear: nothing prunable_names recognises
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 8))
+
+        def forward(self, x):
+            return F.linear(x, self.w)
+
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    with pytest.raises(TicketlabError, match="no prunable weights"):  # was an IndexError from first_layer_name
+        ticketlab.find_supermask(
+            Raw(), (x, y), (x, y), method="biprop", binary_activations=True, steps="2it", batch_size=8, device="cpu"
+        )

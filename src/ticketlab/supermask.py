@@ -299,7 +299,7 @@ def learn_supermask(
         raise TicketlabError(f"--weights {weights!r}: use one of {', '.join(WEIGHTS)}")
     names = prunable_names(model) if names is None else list(names)
     example = data.train.inputs(slice(0, 1))
-    first = first_layer_name(model, example, names) if binary_activations else None
+    first = first_layer_name(model, example, names) if binary_activations and names else None
     sm = Supermask(  # validates the options before any weight is replaced
         model, names, method, k=k, rescale=rescale, binary_activations=binary_activations, first=first, seed=seed
     )
