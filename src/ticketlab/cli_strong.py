@@ -22,7 +22,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--method at each --k (the training flags apply to the scores), evaluate a random mask of the same per-layer "
         "density on the same weights, and train the dense network as the reference. Writes results.csv (a method "
         "column), summary.csv, accuracy_vs_k.png and, with several widths, accuracy_vs_width.png. Resumable; config "
-        "flags as for `imp` (--replicates, --seed, the model, data and training flags).",
+        "flags: --replicates, --seed, the model, data and training flags, and --prune-biases, --prune-embeddings, "
+        "--prunable, --ignore (which weights get a mask); the other prune and imp flags are IMP's and refused.",
     )
     s.add_argument(
         "--method", default="edge-popup", help=f"comma-separated, of {', '.join(SM.METHODS)} (default: edge-popup)"
@@ -67,7 +68,16 @@ def _floats(flag: str, text: str) -> tuple[float, ...]:
         raise TicketlabError(f"{flag} {text!r}: give comma-separated numbers, e.g. 0.3,0.5,0.7") from None
 
 
+# the prune and imp fields a supermask run reads (which weights are masked, replicates, seed); the others are IMP's
+USED = {"prune": ("prune_biases", "prune_embeddings", "prunable", "ignore"), "imp": ("replicates", "seed")}
+
+
 def _supermask(args: argparse.Namespace) -> int:
+    for key, value in vars(args).items():
+        section, _, name = key.partition(".")
+        if section in USED and name not in USED[section] and value is not None:
+            flag = "--" + name.replace("_", "-")
+            raise TicketlabError(f"{flag} is an IMP option that `ticketlab supermask` does not use; drop it")
     cfg = config_from_args(args)
     options = SR.Options(
         methods=tuple(m.strip() for m in args.method.split(",") if m.strip()),

@@ -71,6 +71,13 @@ def binary_activation(x: torch.Tensor) -> torch.Tensor:
     return _BinaryActivation.apply(x)
 
 
+def _binarise_first_arg(_module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the module's first input binarised, if it is a floating-point tensor."""
+    if args and torch.is_tensor(args[0]) and args[0].is_floating_point():
+        return (binary_activation(args[0]), *args[1:])
+    return args
+
+
 class Supermask(nn.Module):
     """``model`` with its weights frozen and a learned mask over ``names`` (its prunable weights).
 
@@ -79,8 +86,8 @@ class Supermask(nn.Module):
     ``binary_activations`` (biprop): the inputs of every prunable layer but ``first`` (the first layer's weight
     name) are binarised. ``seed``: the scores' initialisation and zhou's evaluation draw. The only parameters are
     the scores (``scores``, one per name, the weight's shape); the wrapped network's tensors have
-    ``requires_grad`` off. Raises TicketlabError for an unknown method, k outside (0, 1], or a name that is not a
-    floating-point parameter of ``model``.
+    ``requires_grad`` off. Raises TicketlabError for an unknown method, k outside (0, 1], no names, a repeated name
+    or a name that is not a floating-point parameter of ``model``.
     """
 
     def __init__(
@@ -106,8 +113,12 @@ class Supermask(nn.Module):
             raise TicketlabError("--binary-activations is a biprop option; use --method biprop")
         params = dict(model.named_parameters())
         missing = [n for n in names if n not in params or not params[n].is_floating_point()]
-        if missing or not names:
-            raise TicketlabError(f"supermask: {missing or 'no'} prunable weights found in the model; give its names")
+        if not names:
+            raise TicketlabError("supermask: the model has no prunable weights (linear, conv, recurrent, attention)")
+        if missing:
+            raise TicketlabError(f"supermask: {missing} are not float parameters of the model; give prunable weights")
+        if len(set(names)) < len(names):
+            raise TicketlabError(f"supermask: names {list(names)} repeat a weight; give each once")
         self.net = model
         for p in model.parameters():
             p.requires_grad_(False)
@@ -210,11 +221,11 @@ class Supermask(nn.Module):
             yield
             return
         modules = dict(self.net.named_modules())
-        owners = {n.rpartition(".")[0] for n in self.names if n != self.first}
-        handles = [
-            modules[o].register_forward_pre_hook(lambda _m, args: (binary_activation(args[0]), *args[1:]))
-            for o in sorted(owners)
-        ]
+        # the first layer's module reads the real input even when it owns other masked tensors (its bias, an LSTM's
+        # weight_hh); integer inputs (an embedding's token ids) are not activations and pass as they are
+        first = self.first.rpartition(".")[0] if self.first is not None else None
+        owners = {n.rpartition(".")[0] for n in self.names} - {first}
+        handles = [modules[o].register_forward_pre_hook(_binarise_first_arg) for o in sorted(owners)]
         try:
             yield
         finally:
@@ -288,7 +299,7 @@ def learn_supermask(
         raise TicketlabError(f"--weights {weights!r}: use one of {', '.join(WEIGHTS)}")
     names = prunable_names(model) if names is None else list(names)
     example = data.train.inputs(slice(0, 1))
-    first = first_layer_name(model, example, names) if binary_activations else None
+    first = first_layer_name(model, example, names) if binary_activations and names else None
     sm = Supermask(  # validates the options before any weight is replaced
         model, names, method, k=k, rescale=rescale, binary_activations=binary_activations, first=first, seed=seed
     )

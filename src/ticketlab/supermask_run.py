@@ -87,6 +87,9 @@ class Options:
             raise TicketlabError(f"--method {','.join(bad) or '(none)'}: use one or more of {', '.join(SM.METHODS)}")
         if not self.ks or any(not (0.0 < k <= 1.0) for k in self.ks):
             raise TicketlabError(f"--k {self.ks}: give fractions kept in (0, 1], e.g. 0.3,0.5,0.7")
+        for flag, values in (("--method", self.methods), ("--k", self.ks), ("--width-sweep", self.widths)):
+            if len(set(values)) < len(values):  # a repeat would be counted as another replicate in summary.csv
+                raise TicketlabError(f"{flag} {','.join(map(str, values))}: a value is repeated; give each once")
         if self.weights not in SM.WEIGHTS:
             raise TicketlabError(f"--weights {self.weights!r}: use one of {', '.join(SM.WEIGHTS)}")
         if self.rescale and "zhou" not in self.methods:
