@@ -64,8 +64,11 @@ class _StraightThroughTopK(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, keep: int) -> torch.Tensor:  # type: ignore[override]
-        kept = _top(scores.detach(), torch.ones_like(scores, dtype=torch.bool), keep)
-        return kept.view_as(scores).to(scores.dtype)
+        # one topk in the scores' own dtype, every step of a supermask's training: no alive set, no float64 copy
+        out = torch.zeros(scores.numel(), dtype=scores.dtype, device=scores.device)
+        if keep > 0:
+            out[torch.topk(scores.detach().flatten(), keep, sorted=False).indices] = 1
+        return out.view_as(scores)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
