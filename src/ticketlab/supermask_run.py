@@ -113,7 +113,10 @@ def widened(cfg: ExperimentConfig, multiplier: float) -> ExperimentConfig:
         return cfg.replace(model={"widths": tuple(max(1, round(w * multiplier)) for w in base)})
     if "width" in args:
         return cfg.replace(model={"width": cfg.model.width * multiplier})
-    raise TicketlabError(f"--width-sweep: model {name} has no width to scale; use an MLP or a conv net with --width")
+    raise TicketlabError(
+        f"--width-sweep: model {name} has no width to scale (neither MLP widths nor a --width multiplier); use an MLP "
+        "or a model that takes --width (lenet5, conv_2/4/6, VGG, ResNet)"
+    )
 
 
 def _job_name(method: str, k: float, width: float) -> str:

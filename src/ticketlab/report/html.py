@@ -199,7 +199,7 @@ def results_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
         columns = list(csv_rows[0])
     lines = [[r[c] for c in columns] for r in csv_rows]
     return (
-        f"<details><summary>{len(lines)} jobs (click to open)</summary>"
+        f"<details><summary>{len(lines)} {'jobs' if imp_jobs(run) else 'rows'} (click to open)</summary>"
         + html_table(columns, lines, "results")
         + "</details>"
     )
