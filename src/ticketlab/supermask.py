@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from ticketlab import masks as M
 from ticketlab.config import TrainConfig
-from ticketlab.data import Dataset
+from ticketlab.data import Dataset, Split
 from ticketlab.errors import TicketlabError
 from ticketlab.models import signed_constant
 from ticketlab.prunable import first_layer_name, prunable_names
@@ -249,6 +249,18 @@ def check_frozen(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
             raise AssertionError(f"supermask training changed the frozen weight {n}")
 
 
+def expected_accuracy(sm: Supermask, split: Split, objective: Objective = CLASSIFICATION) -> float | None:
+    """zhou: the accuracy on ``split`` with the expected mask (each weight times its keep probability); None for
+    the other methods, whose mask is deterministic."""
+    if sm.method != "zhou":
+        return None
+    mode, sm.evaluation = sm.evaluation, "expected"
+    try:
+        return evaluate(sm, split, objective)[1]
+    finally:
+        sm.evaluation = mode
+
+
 def random_like(mask: M.Mask, seed: int) -> M.Mask:
     """A random mask keeping as many weights as ``mask`` in each layer (the same per-layer density)."""
     return random_mask(mask, seed, [(n,) for n in mask])
@@ -310,11 +322,7 @@ def learn_supermask(
     result = train(sm, data, cfg, mask={}, data_seed=data_seed, observers=observers, objective=objective, kernels="off")
     check_frozen(model, before)
     mask = sm.mask()
-    expected = None
-    if method == "zhou":
-        sm.evaluation = "expected"
-        expected = evaluate(sm, data.test, objective)[1]
-        sm.evaluation = "sampled"
+    expected = expected_accuracy(sm, data.test, objective)
     with sm.using(random_like(mask, seed + 2)):
         random_acc = evaluate(sm, data.test, objective)[1]
     return SupermaskResult(sm, result, mask, M.density(mask), result.final_test_acc, expected, random_acc)

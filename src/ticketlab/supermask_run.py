@@ -207,11 +207,7 @@ def _learned(run, cfg, options, problem, names, width, r, method, k, data_seed, 
     result = train(sm, data, cfg.train, mask={}, data_seed=data_seed, observers=[bar], kernels="off")
     SM.check_frozen(model, before)  # the weights a supermask learns over are the same bits as they started
     mask = sm.mask()
-    expected = None
-    if method == "zhou":
-        sm.evaluation = "expected"
-        expected = evaluate(sm, data.test, objective)[1]
-        sm.evaluation = "sampled"
+    expected = SM.expected_accuracy(sm, data.test, objective)
     random = SM.random_like(mask, derive_seed(cfg.imp.seed, r, "random", method, k))
     with sm.using(random):
         random_loss, random_acc = evaluate(sm, data.test, objective)
