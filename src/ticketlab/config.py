@@ -50,8 +50,26 @@ class DataConfig:
         (), "keep only these classes, relabelled 0, 1, ... in this order, e.g. 5,6,7,8,9; empty: all", since=2
     )
 
+    modulus: int = option(97, "modular: the modulus p of (a op b) mod p (prime for /)", since=2)
+    operation: str = option("+", "modular: the operation", choices=("+", "-", "*", "/"), since=2)
+    train_fraction: float = option(0.3, "modular: the share of all (a, b) pairs used for training", since=2)
+    context: int = option(64, "text-char: characters per training window", since=2)
+    corpus: str = option(
+        "fortunes",
+        "text-char: fortunes (Debian's offline package), tiny-shakespeare (downloaded), or a text file",
+        since=2,
+    )
+
     def __post_init__(self) -> None:
         require(self.val_size >= 0, "val_size", ">= 0", self.val_size)
+        require(self.modulus >= 2, "modulus", ">= 2", self.modulus)
+        if self.operation == "/":
+            prime = self.modulus >= 3 and all(self.modulus % k for k in range(2, math.isqrt(self.modulus) + 1))
+            require(prime, "modulus", "a prime >= 3 for --operation / (division needs inverses)", self.modulus)
+        check_finite(train_fraction=self.train_fraction)
+        require(0.0 < self.train_fraction < 1.0, "train_fraction", "in (0, 1)", self.train_fraction)
+        require(self.context >= 1, "context", ">= 1", self.context)
+        require(bool(self.corpus), "corpus", "fortunes, tiny-shakespeare or a text file's path", self.corpus)
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = option("adam", "optimizer", choices=("adam", "sgd"))
+    optimizer: str = option("adam", "optimizer (adamw: decoupled weight decay)", choices=("adam", "sgd", "adamw"))
     lr: float = option(2e-2, "peak learning rate")
     momentum: float = option(0.0, "SGD momentum")
     nesterov: bool = option(False, "Nesterov momentum (SGD)")

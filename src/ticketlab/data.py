@@ -73,6 +73,7 @@ class Dataset:
     num_classes: int
     augment: bool = False  # random crop (4-pixel padding) and horizontal flip of training batches
     objective: Objective | None = None  # how training and scoring read the model's output; None: classification
+    vocab: int | None = None  # token datasets: the input vocabulary (ids 0..vocab-1); None for float inputs
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -150,12 +151,18 @@ def iterations_per_epoch(n: int, batch_size: int) -> int:
 
 # ---------------------------------------------------------------------------------------------- loaders
 
-_LOADERS: dict[str, tuple[str, Callable[[Path | None], tuple[Split, Split, int]]]] = {}
+_LOADERS: dict[str, tuple[str, Callable[..., tuple]]] = {}
+_OPTIONS: dict[str, tuple[str, ...]] = {}  # the DataConfig fields a loader takes as keywords
+OPTIONS = ("modulus", "operation", "train_fraction", "context", "corpus")
 
 
-def register_dataset(name: str, description: str):
+def register_dataset(name: str, description: str, options: tuple[str, ...] = ()):
+    """Register ``fn(data_dir, **options) -> (train, test, num_classes)`` or ``(train, test, num_classes, extras)``
+    with ``extras`` keys ``objective`` and ``vocab`` (:class:`Dataset` fields); ``options``: the
+    :data:`OPTIONS` it takes."""
+
     def wrap(fn):
-        _LOADERS[name] = (description, fn)
+        _LOADERS[name], _OPTIONS[name] = (description, fn), options
         return fn
 
     return wrap
@@ -173,13 +180,17 @@ def load_dataset(
     augment: bool = False,
     device: str | torch.device = "cpu",
     classes: tuple[int, ...] = (),
+    options: dict | None = None,
 ) -> Dataset:
     """Load a registered dataset, keep only ``classes`` (relabelled 0, 1, ... in the order given) when any are
-    named, split off ``val_size`` training examples, normalise, move to ``device``."""
+    named, split off ``val_size`` training examples, normalise, move to ``device``. ``options``: values of
+    :data:`OPTIONS`, passed to the loaders that take them."""
     if name not in _LOADERS:
         raise TicketlabError(f"unknown dataset {name!r}; known: {', '.join(_LOADERS)}")
     loader = _LOADERS[name][1]
-    train, test, num_classes = loader(Path(data_dir) if data_dir else None)
+    kwargs = {k: v for k, v in (options or {}).items() if k in _OPTIONS[name]}
+    train, test, num_classes, *more = loader(Path(data_dir) if data_dir else None, **kwargs)
+    extras = more[0] if more else {}
     if classes:
         bad = [c for c in classes if not 0 <= c < num_classes]
         if bad or len(set(classes)) != len(classes):
@@ -187,7 +198,7 @@ def load_dataset(
                 f"{name}: classes must be distinct labels in 0..{num_classes - 1}, got {','.join(map(str, classes))}"
             )
         train, test, num_classes = class_subset(train, classes), class_subset(test, classes), len(classes)
-    return prepare(name, train, test, num_classes, val_size=val_size, augment=augment, device=device)
+    return prepare(name, train, test, num_classes, val_size=val_size, augment=augment, device=device, **extras)
 
 
 def class_subset(split: Split, classes: tuple[int, ...]) -> Split:
@@ -204,7 +215,13 @@ def class_subset(split: Split, classes: tuple[int, ...]) -> Split:
 def load_configured(d, device: str | torch.device = "cpu") -> Dataset:
     """The dataset a :class:`ticketlab.config.DataConfig` describes."""
     return load_dataset(
-        d.dataset, data_dir=d.data_dir or None, val_size=d.val_size, augment=d.augment, device=device, classes=d.classes
+        d.dataset,
+        data_dir=d.data_dir or None,
+        val_size=d.val_size,
+        augment=d.augment,
+        device=device,
+        classes=d.classes,
+        options={k: getattr(d, k) for k in OPTIONS},
     )
 
 
@@ -217,11 +234,14 @@ def prepare(
     val_size: int = 0,
     augment: bool = False,
     device: str | torch.device = "cpu",
+    objective: Objective | None = None,
+    vocab: int | None = None,
 ) -> Dataset:
     """Split off validation data (a fixed seeded draw), standardise with training statistics, move to device.
 
-    uint8 images (N, C, H, W) stay uint8 and get per-channel statistics, applied per batch; anything else
-    is standardised once with one mean and std over all features (MNIST-1D style, shape agnostic).
+    uint8 images (N, C, H, W) stay uint8 and get per-channel statistics, applied per batch; other integer inputs
+    (token ids) stay exactly as they are; anything else is standardised once with one mean and std over all
+    features (MNIST-1D style, shape agnostic).
     """
     if augment and train.x.dim() != 4:
         raise TicketlabError(
@@ -241,6 +261,11 @@ def prepare(
         def norm(s: Split) -> Split:
             return Split(s.x.contiguous(), s.y.long(), scale, shift)
 
+    elif not train.x.is_floating_point() and train.x.dtype != torch.uint8:
+
+        def norm(s: Split) -> Split:
+            return Split(s.x.contiguous(), s.y.long())
+
     else:
         mean, std = train.x.float().mean(), train.x.float().std().clamp_min(1e-8)
 
@@ -248,7 +273,7 @@ def prepare(
             return Split(((s.x.float() - mean) / std).contiguous(), s.y.long())
 
     val = norm(val) if val is not None else None
-    return Dataset(name, norm(train), norm(test), val, num_classes, augment).to(device)
+    return Dataset(name, norm(train), norm(test), val, num_classes, augment, objective, vocab).to(device)
 
 
 def split_validation(train: Split, val_size: int) -> tuple[Split, Split | None]:
@@ -263,7 +288,8 @@ def split_validation(train: Split, val_size: int) -> tuple[Split, Split | None]:
 
 
 @register_dataset("mnist1d", "MNIST-1D (Greydanus & Kobak), generated locally: 4000 train / 1000 test, 40 features")
-def _mnist1d(_: Path | None) -> tuple[Split, Split, int]:
+def mnist1d_splits(_: Path | None = None) -> tuple[Split, Split, int]:
+    """MNIST-1D's standard split: x (4000, 40) and (1000, 40) float32, 10 classes (generated once, cached)."""
     path = cache_dir() / "mnist1d-standard-v1.npz"
     if not path.exists():
         from mnist1d.data import get_dataset_args, make_dataset  # imported when first needed: it is slow to load
@@ -391,3 +417,6 @@ def _synthetic_images(_: Path | None) -> tuple[Split, Split, int]:
         return Split(x.round().to(torch.uint8), y)
 
     return draw(600), draw(200), 10
+
+
+from ticketlab import tokens  # noqa: E402,F401 -- registers the token datasets (it imports this module)

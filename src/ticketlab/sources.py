@@ -4,8 +4,8 @@ MNIST and Fashion-MNIST are four IDX files (gzipped or not); CIFAR-10 is the pyt
 as the directory ``cifar-10-batches-py`` or the archive ``cifar-10-python.tar.gz``. A directory the
 user names is read as it is (files are checked for structure: magic numbers, sizes, truncation).
 Otherwise the files are fetched into the cache: each download streams to a temporary file, is checked
-against the publisher's MD5 and only then renamed into place, so a half-written or corrupted file is
-never used. Cached files are checked again each time they are read.
+against the publisher's MD5 (or a SHA-256 we took, for the tiny-shakespeare text) and only then renamed
+into place, so a half-written or corrupted file is never used. Cached files are checked again each time they are read.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +35,16 @@ from ticketlab.store import cache_dir
 
 @dataclass(frozen=True)
 class Remote:
-    """Where a dataset's files are published, with their MD5 checksums (the ones the publishers give)."""
+    """Where a dataset's files are published, with their MD5 checksums (the ones the publishers give), or SHA-256
+    checksums (taken by us, for files published without one)."""
 
     mirrors: tuple[str, ...]
     md5: dict[str, str]
+    sha256: dict[str, str] = field(default_factory=dict)
+
+    def checksum(self, filename: str) -> tuple[str, str]:
+        """``(algorithm, hex digest)`` expected of ``filename``: its MD5 where one is given, else its SHA-256."""
+        return ("md5", self.md5[filename]) if filename in self.md5 else ("sha256", self.sha256[filename])
 
 
 REMOTES: dict[str, Remote] = {
@@ -64,12 +70,28 @@ REMOTES: dict[str, Remote] = {
         ("https://www.cs.toronto.edu/~kriz/",),
         {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
     ),
+    "tiny-shakespeare": Remote(  # Karpathy's char-rnn corpus, 1,115,394 bytes; no published checksum
+        ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/",),
+        {},
+        {"input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
+    ),
 }
 MIRROR_ENV = "TICKETLAB_MIRROR"  # a base URL tried first, as MIRROR/<dataset>/<file> (a local mirror, a proxy)
 
 
+def _hasher(algorithm: str):
+    # the publishers' checksums are MD5: integrity, not security
+    return hashlib.md5(usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
+
+
 def md5sum(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)  # the publishers' checksums are MD5: integrity, not security
+    """The MD5 hex digest of the file at ``path``."""
+    return file_digest(path, "md5")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of the file at ``path`` by ``algorithm`` ("md5", "sha256")."""
+    h = _hasher(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -82,13 +104,14 @@ def _mirrors(dataset: str) -> list[str]:
     return urls + list(REMOTES[dataset].mirrors)
 
 
-def _download(url: str, dest: Path, md5: str) -> str | None:
-    """Stream ``url`` into ``dest`` (atomically, only if complete and the MD5 matches); the error otherwise."""
+def _download(url: str, dest: Path, md5: str, algorithm: str = "md5") -> str | None:
+    """Stream ``url`` into ``dest`` (atomically, only if complete and the checksum ``md5``, of ``algorithm``,
+    matches); the error otherwise."""
     try:
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as e:
         raise TicketlabError(f"cannot write to the cache directory {dest.parent}: {e.strerror or e}") from None
-    h = hashlib.md5(usedforsecurity=False)
+    h = _hasher(algorithm)
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
             expected = response.headers.get("Content-Length")
@@ -102,7 +125,7 @@ def _download(url: str, dest: Path, md5: str) -> str | None:
             f.flush()
             os.fsync(f.fileno())
         if h.hexdigest() != md5:
-            return f"checksum mismatch (MD5 {h.hexdigest()}, expected {md5})"
+            return f"checksum mismatch ({algorithm.upper()} {h.hexdigest()}, expected {md5})"
         os.replace(tmp, dest)
         return None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
@@ -113,7 +136,7 @@ def _download(url: str, dest: Path, md5: str) -> str | None:
 
 def fetch(dataset: str, filename: str, directory: Path | None = None) -> Path:
     """The checked file ``filename`` of ``dataset`` in the cache, downloading it if needed."""
-    md5 = REMOTES[dataset].md5[filename]
+    algorithm, md5 = REMOTES[dataset].checksum(filename)
     directory = directory or cache_dir() / dataset
     directory.mkdir(parents=True, exist_ok=True)
     dest = directory / filename
@@ -121,15 +144,15 @@ def fetch(dataset: str, filename: str, directory: Path | None = None) -> Path:
         if time.time() - stale.stat().st_mtime > 3600:
             stale.unlink(missing_ok=True)
     if dest.exists():
-        if md5sum(dest) == md5:
+        if file_digest(dest, algorithm) == md5:
             return dest
-        print(f"ticketlab: {dest} fails its MD5 check; fetching it again", file=sys.stderr)
+        print(f"ticketlab: {dest} fails its {algorithm.upper()} check; fetching it again", file=sys.stderr)
         dest.unlink()
     errors = []
     for base in _mirrors(dataset):
         url = base + filename
         print(f"ticketlab: downloading {url}", file=sys.stderr, flush=True)
-        error = _download(url, dest, md5)
+        error = _download(url, dest, md5, algorithm)
         if error is None:
             return dest
         errors.append(f"{url}: {error}")

@@ -31,7 +31,7 @@ from ticketlab.masks import Mask
 from ticketlab.pruning.compact import compact
 from ticketlab.pruning.units import add_slimming_grad
 from ticketlab.sparse import swap_in, swap_out
-from ticketlab.training.objectives import CLASSIFICATION, Objective, evaluate
+from ticketlab.training.objectives import CLASSIFICATION, LanguageModel, Objective, evaluate
 
 __all__ = [
     "Observer",
@@ -82,12 +82,15 @@ class Schedule:
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or SGD; the fused kernels where PyTorch has them (a third of the step time on CPU for LeNet)."""
+    """Adam, AdamW (decoupled weight decay, Loshchilov & Hutter 2019) or SGD; the fused kernels where PyTorch has
+    them (a third of the step time on CPU for LeNet)."""
     fused = all(
         p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params
     )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     return torch.optim.SGD(
         params,
         lr=cfg.lr,
@@ -256,6 +259,10 @@ def train(
                 if data.val is not None:
                     row["val_loss"], row["val_acc"] = evaluate(net, data.val, objective)
                 row["test_loss"], row["test_acc"] = evaluate(net, data.test, objective)
+            if isinstance(objective, LanguageModel):  # perplexity: exp of the per-token loss (LM rows only)
+                row.update(
+                    {f"{k}_ppl": math.exp(min(row[f"{k}_loss"], 700)) for k in ("val", "test") if f"{k}_loss" in row}
+                )
             metrics.append(row)
             for o in observers:
                 o.on_eval(step, row)

@@ -1,8 +1,9 @@
 """What training minimises and evaluation measures, behind one seam.
 
 An :class:`Objective` turns a model's outputs and the targets of a batch into the loss to minimise and into
-the sums evaluation reports (loss and correct predictions over examples). Classification is the objective
-today; a next-token objective (per-token loss, perplexity) plugs in here without touching the training loop.
+the sums evaluation reports (loss and correct predictions over examples): classification, classification at the
+last position of a sequence (:data:`LAST_TOKEN`), and next-token prediction (:data:`LANGUAGE_MODEL`: per-token
+loss and accuracy, so perplexity is the exponential of the evaluated loss).
 """
 
 from __future__ import annotations
@@ -72,6 +73,42 @@ class Objective:
 
 
 CLASSIFICATION = Objective()
+
+
+@dataclass(frozen=True)
+class LastToken(Objective):
+    """Classification read at the last position: scores (B, T, C) give their row ``[:, -1]`` (B, C); scores
+    (B, C) are used as they are. For sequence models that answer once per sequence (``modular``: the answer
+    follows the ``=`` token, Power et al. 2022)."""
+
+    name: str = "last-token"
+
+    def logits(self, output: Any) -> torch.Tensor:
+        """The class scores (B, C) at the last position of ``output``."""
+        scores = super().logits(output)
+        return scores[:, -1] if scores.dim() == 3 else scores
+
+
+@dataclass(frozen=True)
+class LanguageModel(Objective):
+    """Next-token prediction: mean cross-entropy over all B*T tokens of scores (B, T, V) against targets (B, T)
+    int64; accuracy is per token. :func:`evaluate` then gives the per-token mean loss (nats), and the perplexity is
+    its exponential."""
+
+    name: str = "language-model"
+
+    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the B*T tokens of a batch: scores (B, T, V), target (B, T) int64."""
+        logits = self.logits(output).float()
+        return F.cross_entropy(logits.flatten(0, -2), target.flatten())
+
+    def logit_sums(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(summed token loss, correct tokens, tokens) from scores (B, T, V) and targets (B, T)."""
+        return super().logit_sums(logits.flatten(0, -2), target.flatten())
+
+
+LAST_TOKEN = LastToken()
+LANGUAGE_MODEL = LanguageModel()
 
 
 CPU_PIECE = 1024  # rows per forward pass on a CPU: LeNet-300-100's 10,000 test images in 1024s take 3/4 of the time
