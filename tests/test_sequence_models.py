@@ -1,7 +1,9 @@
+import re
 import types
 
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 
 from ticketlab import find_ticket
@@ -9,10 +11,14 @@ from ticketlab import masks as M
 from ticketlab.cli import build_parser
 from ticketlab.cli_flags import config_from_args
 from ticketlab.config import ModelConfig
+from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
+from ticketlab.imp import run_imp
 from ticketlab.models import INIT_SCHEMES, create_model, initialize, model_arguments, model_names, norm_layer
 from ticketlab.problem import registry_problem
 from ticketlab.prunable import component_table, components, layer_kinds, prunable_names, shows_components
+from ticketlab.report.html import component_panel
+from ticketlab.rundir import RunDir
 
 V, T = 11, 6
 TINY = {
@@ -217,3 +223,22 @@ def test_an_imp_level_on_integer_tokens(name, tmp_path):
     kept, size = sum(int(m.sum()) for m in mask.values()), sum(m.numel() for m in mask.values())
     assert abs(kept / size - 0.25) < 0.01  # two levels at 50%
     assert all(bool((state[n][~m] == 0).all()) for n, m in mask.items())
+
+
+def test_the_html_report_shows_the_component_table(tmp_path):
+    cfg = tiny_config(
+        model={"model": "rnn_classifier", "widths": (), "args": ("hidden=8", "embed=4")},
+        train={"steps": "4it", "eval_every": "2it"},
+        imp={"levels": 1, "baselines": ()},
+    )
+    data = load_dataset("synthetic")  # float series (N, 20): the classifier reads them as 20 steps of 1 feature
+    run_imp(cfg, registry_problem(cfg, data), tmp_path)
+    run = RunDir(tmp_path)
+    table = component_panel(run, run.rows())
+    # weight_ih (4 gates x 8 hidden, x 4 embed) and weight_hh (32 x 8): 384 weights, half of them kept
+    assert re.search(r"recurrent +2 +384 +192 +50.0000%", table)
+    assert re.search(r"mlp +1 +4 +2 +50.0000%", table)  # the float series' projection (4 x 1)
+    assert re.search(r"output +1 +80 +60 +75.0000%", table)  # the head (10 x 8) at output_fraction 0.25
+    mlp = tiny_config(train={"steps": "2it", "eval_every": "2it"}, imp={"levels": 1, "baselines": ()})
+    run_imp(mlp, registry_problem(mlp, data), tmp_path / "mlp")
+    assert component_panel(RunDir(tmp_path / "mlp"), RunDir(tmp_path / "mlp").rows()) is None
