@@ -31,7 +31,12 @@ def is_image_model(name: str) -> bool:
     return takes(name, "width")
 
 
-@pytest.mark.parametrize("name", sorted(model_names()))
+# The sequence models (they take token ids, prune attention and RNN tensors) have their own registry-wide tests in
+# tests/test_sequence_models.py.
+VECTOR_MODELS = sorted(n for n in model_names() if not takes(n, "vocab"))
+
+
+@pytest.mark.parametrize("name", VECTOR_MODELS)
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_every_model_forward_prunable_set_and_seeded_init(name, shape):
     input_shape = SHAPES[shape]
@@ -55,7 +60,7 @@ def test_every_model_forward_prunable_set_and_seeded_init(name, shape):
         assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", sorted(model_names()))
+@pytest.mark.parametrize("name", VECTOR_MODELS)
 @pytest.mark.parametrize("strategy", ["layerwise", "global"])
 def test_every_model_prunes_to_the_exact_count(name, strategy):
     shape = SHAPES["mnist1d"] if not is_image_model(name) else SHAPES["rgb32"]
@@ -82,7 +87,7 @@ def test_every_model_prunes_to_the_exact_count(name, strategy):
         M.apply_mask(model, mask)
 
 
-@pytest.mark.parametrize("name", sorted(model_names()))
+@pytest.mark.parametrize("name", VECTOR_MODELS)
 def test_every_model_runs_an_imp_level_on_synthetic_images(name, tmp_path):
     cfg = tiny_config(
         data={"dataset": "synthetic-images"},

@@ -82,10 +82,13 @@ class ModelConfig:
     norm: str = option(
         "",
         "normalisation after each conv; empty: the model's own (BatchNorm for VGG/ResNet, none for Conv-N/LeNet-5)",
-        choices=("", "batch", "group", "layer", "none"),
+        choices=("", "batch", "group", "layer", "none", "rms"),
         since=2,
     )
     dropout: float = option(0.0, "dropout on the hidden fully connected layers (Conv-2/4/6)", since=2)
+    args: tuple[str, ...] = option(
+        (), "more model-factory arguments as key=value, e.g. d_model=64,layers=1 (see `ticketlab models`)", since=2
+    )
     init: str = option(
         "glorot_normal",
         "weight initialisation",
@@ -97,15 +100,40 @@ class ModelConfig:
         check_finite(width=self.width, dropout=self.dropout)
         require(self.width > 0, "width", "> 0", self.width)
         require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+        self.factory_args()  # a malformed entry is refused here, not when the model is built
+
+    def factory_args(self) -> dict[str, Any]:
+        """``args`` as a mapping; each value read as an int, else a float, else true/false, else kept as text."""
+        out: dict[str, Any] = {}
+        for item in self.args:
+            key, sep, text = str(item).partition("=")
+            if not sep or not key.strip().isidentifier() or not text.strip():
+                raise TicketlabError(f"model.args: cannot read {short_repr(item)}; write KEY=VALUE, e.g. d_model=64")
+            out[key.strip()] = _arg_value(text.strip())
+        return out
 
     def kwargs(self) -> dict[str, Any]:
-        """The model-factory arguments this config sets (the ones left at their defaults are not passed)."""
+        """The model-factory arguments this config sets (the ones left at their defaults are not passed), ``args``
+        last."""
         names = ("widths", "width", "norm", "dropout")
         return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name in names and getattr(self, f.name) != f.default
+            **{
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name in names and getattr(self, f.name) != f.default
+            },
+            **self.factory_args(),
         }
+
+
+def _arg_value(text: str) -> Any:
+    """A ``--args`` value: int, else float, else a bool spelled true/false, else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 @dataclass(frozen=True)

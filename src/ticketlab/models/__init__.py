@@ -16,6 +16,7 @@ from torch.nn.utils import parametrize
 
 from ticketlab.errors import TicketlabError
 from ticketlab.prunable import LAYERS, NORM_LAYERS
+from ticketlab.seeds import derive_seed
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -73,7 +74,9 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(1, channels)
     if kind == "none":
         return nn.Identity()
-    raise TicketlabError(f"unknown norm {kind!r}; known: {', '.join(NORMS)}")
+    raise TicketlabError(
+        f"norm {kind!r} is not one for conv layers; known: {', '.join(NORMS)} ('rms' is for sequence models)"
+    )
 
 
 def scaled(channels: int, width: float) -> int:
@@ -100,14 +103,20 @@ def initialize(model: nn.Module, scheme: str, seed: int) -> nn.Module:
     """Re-initialise every linear/conv layer in place, deterministically from ``seed``.
 
     ``glorot_normal`` is the LTH paper's Gaussian Glorot init; biases start at zero for the named
-    schemes. ``default`` re-draws every parameter with each module's own ``reset_parameters`` under the seed
-    (:func:`redraw`), which is what is used for arbitrary user modules.
+    schemes; any other parameter (embeddings, attention, recurrent cells) is re-drawn by its module's own init under a
+    seed derived from ``seed``. ``default`` re-draws every parameter with each module's own ``reset_parameters``
+    under the seed (:func:`redraw`), which is what is used for arbitrary user modules.
     """
     if scheme not in INIT_SCHEMES:
         raise TicketlabError(f"unknown init {scheme!r}; known: {', '.join(INIT_SCHEMES)}")
     if scheme == "default":
         redraw(model, seed)
         return model
+    if any(
+        not isinstance(m, LAYERS + NORM_LAYERS) and next(m.parameters(recurse=False), None) is not None
+        for m in model.modules()
+    ):
+        redraw(model, derive_seed(seed, "other modules"))  # embeddings, attention, RNNs: their own init, seeded
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -207,4 +216,4 @@ def _constant(t: torch.Tensor) -> bool:
     return t.numel() <= 1 or bool((t == t.flatten()[0]).all())
 
 
-from ticketlab.models import cnn1d, conv, mlp, resnet, vgg  # noqa: E402,F401 -- registers the factories
+from ticketlab.models import cnn1d, conv, mlp, resnet, sequence, vgg  # noqa: E402,F401 -- registers the factories

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 import ticketlab
+from ticketlab import masks as M
+from ticketlab.data import load_configured
 from ticketlab.errors import TicketlabError
+from ticketlab.models import model_arguments
+from ticketlab.problem import registry_problem
+from ticketlab.prunable import component_table, components, shows_components
 from ticketlab.report.plots import (
     criteria_figure,
     curves_figure,
@@ -187,6 +192,26 @@ def density_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
             if record.get("layer_densities"):
                 densities[int(row["level"])] = record["layer_densities"]
     return figure_svg(density_heatmap(densities)) if densities else None
+
+
+@panel("Per-component density of the last ticket (replicate 0)")
+def component_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    """The sparsest ticket's mask by component (embedding, attention, recurrent, mlp, output), for a registered
+    sequence model (one whose factory takes ``vocab``), rebuilt from the run's config and data."""
+    levels = [int(r["level"]) for r in rows if r["branch"] == "ticket" and int(r["replicate"]) == 0]
+    try:
+        if not levels or run.user_model or "vocab" not in model_arguments(run.config().model.model):
+            return None
+        cfg = run.config()
+        data = load_configured(cfg.data)
+        model = registry_problem(cfg, data).init_model(0)
+        mask = M.load_mask(run.level(0, max(levels)).mask)
+    except (TicketlabError, DamagedFile, OSError):
+        return None
+    example = data.train.x[:2]
+    if not shows_components(components(model, list(mask), example).values()):
+        return None
+    return pre(component_table(model, mask, example))
 
 
 @panel("Results (every job, as results.csv)")
