@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ticketlab import branches as B
+from ticketlab import cli_grokking as grokking
 from ticketlab import cli_strong as strong
 from ticketlab import cli_study as study
 from ticketlab import compare_criteria
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _branch_parser(sub)
     study.add_parsers(sub)
     strong.add_parsers(sub)
+    grokking.add_parsers(sub)
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -295,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return study.COMMANDS[args.command](args)
         if args.command in strong.COMMANDS:
             return strong.COMMANDS[args.command](args)
+        if args.command in grokking.COMMANDS:
+            return grokking.COMMANDS[args.command](args)
         if args.command == "disjoint":
             return _disjoint(args)
         if args.command == "sweep":
