@@ -30,7 +30,7 @@ from ticketlab.models import model_names
 from ticketlab.report import report
 from ticketlab.report.html import html_report
 from ticketlab.report.plots import imp_plot
-from ticketlab.report.tables import cost_table, criteria_table, disjoint_table, imp_table
+from ticketlab.report.tables import cost_table, criteria_table, disjoint_table, imp_tables
 
 
 def _branch_parser(sub: argparse._SubParsersAction) -> None:
@@ -183,7 +183,7 @@ def _imp(args: argparse.Namespace) -> int:
         **training_flags(args),
     )
     rows = run.results(cfg, quiet=True)
-    print(imp_table(rows, args.metric))
+    print(imp_tables(rows, args.metric))
     print("\n" + cost_table(rows))
     png = imp_plot(rows, run.plot_file, args.metric, title=run.name)
     print(f"\nrun directory: {run.path}\nresults: {run.results_file}\nplot: {png}")
@@ -225,7 +225,7 @@ def _branch(args: argparse.Namespace) -> int:
         options=options,
         **training_flags(args),
     )
-    print(imp_table(rows, args.metric))
+    print(imp_tables(rows, args.metric))
     print("\n" + cost_table(rows))
     print(f"\nresults: {Path(args.run_dir) / 'results.csv'}")
     print(f"report: {html_report(Path(args.run_dir))}")

@@ -272,6 +272,7 @@ def finish(
         "effective_density": effective_density(model, mask, example, (data.objective or CLASSIFICATION).logits),
         "layer_densities": M.layer_densities(mask),
         **result.summary(),
+        **result.perplexities(),
         "batched_with": batched,
         **flops,
         "trained_on": trained_on(data.train.x.device),

@@ -136,6 +136,54 @@ PRESETS["renda-mnist1d"] = (
         },
     ),
 )
+# Sequence models on token data (issue 16). Each runs here, on two CPU cores, in minutes.
+PRESETS["grokking-modadd"] = (
+    "grokking on (a + b) mod 31, 70% of pairs for training: 1-layer Transformer (d 64, 4 heads), AdamW 1e-3, "
+    "weight decay 1, full batch, 4000 it; for `ticketlab grokking` (global magnitude, embeddings pruned)",
+    {
+        "data": {"dataset": "modular", "modulus": 31, "operation": "+", "train_fraction": 0.7},
+        "model": {"model": "transformer_lm", "init": "default", "args": ("d_model=64", "heads=4", "layers=1")},
+        "train": {
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "weight_decay": 1.0,
+            "batch_size": 673,
+            "steps": "4000it",
+            "eval_every": "100it",
+        },
+        "prune": {"strategy": "global", "fraction": 0.2, "prune_embeddings": True},
+        "imp": {"levels": 4, "replicates": 1},
+    },
+)
+PRESETS["lm-char-transformer"] = (
+    "character language model on Debian's fortunes: 2-layer Transformer (d 64, 4 heads), context 64, AdamW 3e-3, "
+    "batch 32, 600 it; IMP global 50%/level with embeddings, 4 levels to 6.25%",
+    {
+        "data": {"dataset": "text-char", "corpus": "fortunes", "context": 64},
+        "model": {"model": "transformer_lm", "init": "default", "args": ("d_model=64", "heads=4", "layers=2")},
+        "train": {
+            "optimizer": "adamw",
+            "lr": 3e-3,
+            "weight_decay": 0.01,
+            "batch_size": 32,
+            "steps": "600it",
+            "eval_every": "300it",
+        },
+        "prune": {"strategy": "global", "fraction": 0.5, "prune_embeddings": True},
+        "imp": {"levels": 4, "replicates": 1},
+    },
+)
+PRESETS["lm-char-lstm"] = (
+    "character language model on Debian's fortunes: 1-layer LSTM (128 units, embedding 32), context 64, Adam 3e-3, "
+    "batch 32, 600 it; IMP global 50%/level with embeddings, 4 levels to 6.25%",
+    merge(
+        PRESETS["lm-char-transformer"][1],
+        {
+            "model": {"model": "rnn_lm", "args": ("cell=lstm", "hidden=128", "embed=32")},
+            "train": {"optimizer": "adam", "weight_decay": 0.0},
+        },
+    ),
+)
 DEFAULT_PRESET = "mnist1d-lth"
 
 

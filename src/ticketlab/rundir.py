@@ -57,7 +57,10 @@ RESULT_COLUMNS = [
     "wall_time_s",
     "train_flops",  # theoretical training FLOPs of the job, kept weights only (ticketlab.flops; absent before it)
     "dense_flops",  # the same job's on the dense network
+    "final_test_ppl",  # language models only: exp(per-token test loss) at the end, and at the early-stop step
+    "best_test_ppl",
 ]
+OPTIONAL_COLUMNS = ("final_test_ppl", "best_test_ppl")  # written only when some row has them
 
 
 def warn(text: str) -> None:
@@ -318,7 +321,8 @@ class RunDir:
         return self.results(self.config(), quiet=quiet)
 
     def write_results(self, rows: list[dict[str, Any]]) -> None:
-        write_csv(self.results_file, rows, RESULT_COLUMNS)
+        columns = [c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS or any(c in r for r in rows)]
+        write_csv(self.results_file, rows, columns)
 
     def finished_levels(self, config: ExperimentConfig, replicate: int = 0) -> list[int]:
         """Pruned levels (>= 1) whose ticket has finished."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ticketlab.errors import TicketlabError
 from ticketlab.report.plots import criteria_plot, imp_plot
-from ticketlab.report.tables import cost_table, criteria_table, imp_table
+from ticketlab.report.tables import cost_table, criteria_table, imp_tables
 from ticketlab.rundir import RunDir
 from ticketlab.store import read_csv
 
@@ -34,4 +34,4 @@ def report(run_dir: Path, metric: str = "final_test_acc") -> tuple[str, Path]:
     rows = run.rows()  # a damaged job is left out, with a warning; the same imp command computes it again
     if not rows:
         raise TicketlabError(f"{run_dir}: no job has finished yet")
-    return imp_table(rows, metric) + "\n\n" + cost_table(rows), imp_plot(rows, run.plot_file, metric, title=run.name)
+    return imp_tables(rows, metric) + "\n\n" + cost_table(rows), imp_plot(rows, run.plot_file, metric, title=run.name)

@@ -53,11 +53,11 @@ def spread_note(ns: Iterable[int]) -> str:
     return f"mean ± {SPREAD} over n={lo}-{hi} replicates (n varies by cell; shown where below {hi})"
 
 
-def _cell(s: Summary | None, top: int) -> str:
+def _cell(s: Summary | None, top: int, scale: float = 100.0) -> str:
     """One table cell: ``-`` when missing, n appended when the cell has fewer replicates than the table's most."""
     if s is None:
         return "-"
-    return mean_std(s) + (f" (n={s.n})" if s.n < top else "")
+    return mean_std(s, scale) + (f" (n={s.n})" if s.n < top else "")
 
 
 def _layout(title: str, head: list[str], lines: list[list[str]], left: int = 0) -> str:
@@ -94,18 +94,32 @@ def branch_order(summary: dict[int, dict[str, Any]]) -> list[str]:
 
 
 def imp_table(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> str:
-    """Level, weights remaining, and each branch's test accuracy (%), mean ± sample std over replicates."""
+    """Level, weights remaining, and each branch's test accuracy (%), mean ± sample std over replicates; a language
+    model's perplexity (exp of the per-token test loss, lower is better) for ``final_test_ppl`` / ``best_test_ppl``."""
+    ppl = metric.endswith("_ppl")
     summary = imp_summary(rows, metric)
     branches = branch_order(summary)
     cells = [s["branches"][b] for s in summary.values() for b in branches if b in s["branches"]]
     top = max((c.n for c in cells), default=1)
     head = ["level", "weights left"] + [LABELS.get(b, b) for b in branches]
     lines = [
-        [str(level), f"{100 * s['density']:.2f}%"] + [_cell(s["branches"].get(b), top) for b in branches]
+        [str(level), f"{100 * s['density']:.2f}%"]
+        + [_cell(s["branches"].get(b), top, 1.0 if ppl else 100.0) for b in branches]
         for level, s in summary.items()
     ]
-    title = f"test accuracy (%) by weights remaining, {spread_note(c.n for c in cells)} -- {metric}"
+    what = "test perplexity (lower is better)" if ppl else "test accuracy (%)"
+    title = f"{what} by weights remaining, {spread_note(c.n for c in cells)} -- {metric}"
     return _layout(title, head, lines)
+
+
+def imp_tables(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> str:
+    """:func:`imp_table` of ``metric``, followed for a language model's run by the same table of its perplexity
+    (``final_test_ppl`` for a final metric, ``best_test_ppl`` for an early-stop one)."""
+    text = imp_table(rows, metric)
+    ppl = metric.replace("_acc", "_ppl")
+    if ppl != metric and rows and all(row.get(ppl) not in (None, "") for row in rows):
+        text += "\n\n" + imp_table(rows, ppl)
+    return text
 
 
 def criteria_summary(rows: list[dict[str, Any]], metric: str = "final_test_acc") -> dict[str, dict[float, Summary]]:

@@ -150,6 +150,14 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "metrics"}
 
+    def perplexities(self) -> dict[str, float]:
+        """``final_test_ppl`` and ``best_test_ppl`` (at the early-stop step) of a language model's run; empty for
+        any other objective (its metric rows have no ``test_ppl``)."""
+        if not self.metrics or "test_ppl" not in self.metrics[-1]:
+            return {}
+        best = next(r for r in self.metrics if r["step"] == self.early_stop_step)
+        return {"final_test_ppl": self.metrics[-1]["test_ppl"], "best_test_ppl": best["test_ppl"]}
+
 
 class Observer:
     """Watches a training run; override what you need. ``step`` counts iterations taken (the model has taken
