@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,8 +116,14 @@ def unbatchable(model: nn.Module, cfg: TrainConfig, data: Dataset, objective: Ob
     xs, ys = torch.stack([x, x]), torch.stack([data.train.y[:2]] * 2)
     trial.train()
     try:
-        out = _forward(trial, randomness="error")(params, buffers, xs)
-        vmap(objective.loss)(out, ys).sum().backward()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = _forward(trial, randomness="error")(params, buffers, xs)
+            vmap(objective.loss)(out, ys).sum().backward()
+        for w in caught:  # vmap without a batching rule loops over the jobs: slower than training them one by one
+            if "not yet implemented the batching rule" in str(w.message):
+                rule = re.search(r"aten::\S+", str(w.message))
+                return f"torch.func.vmap has no batching rule for {rule.group(0) if rule else 'an operation'}"
     except RuntimeError as e:
         if "random" in str(e):
             return "the network draws random numbers in forward (dropout)"
