@@ -36,3 +36,20 @@ def test_mnist1d_cnn_on_a_one_feature_series_says_what_to_use():
     with pytest.raises(TicketlabError, match="40 channels of length 1"):
         create_model("mnist1d_cnn", (40, 1), 10)
     assert create_model("mnist1d_cnn", (40,), 10)(torch.zeros(2, 40)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--modulus", "7"], "--modulus 7"),
+        (["--corpus", "tiny-shakespeare"], "--corpus"),
+        (["--context", "8"], "--context"),
+    ],
+)
+def test_a_token_dataset_option_given_to_another_dataset_is_one_line_not_ignored(flags, named, tmp_path, capsys):
+    # once silently ignored while changing the run's hash (a second run directory for the same experiment)
+    argv = ["imp", "--dataset", "synthetic", "--widths", "8", *flags, *TINY, "--no-progress", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err and "'synthetic' does not use it" in err
+    assert not any(tmp_path.iterdir())
