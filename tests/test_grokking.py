@@ -121,3 +121,12 @@ def test_report_prints_the_summary_table(run, capsys):
     assert cli.main(["report", str(run.path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("grokking tickets") and "generalised" in out and "curves.png" in out
+
+
+def test_html_report_shows_the_grokking_panel_not_imp_panels(run):
+    # a grokking run's results.csv has no level/branch columns: the IMP panels once crashed on it (KeyError 'level')
+    assert cli.main(["report", str(run.path), "--html"]) == 0
+    page = (run.path / "report.html").read_text()
+    assert "Grokking tickets (ticketlab grokking)" in page and "steps to generalise" in page
+    assert "grokking tickets, 1 replicate(s)" in page and "data:image/png;base64," in page
+    assert "Accuracy vs weights remaining" not in page

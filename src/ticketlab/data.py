@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -213,7 +213,17 @@ def class_subset(split: Split, classes: tuple[int, ...]) -> Split:
 
 
 def load_configured(d, device: str | torch.device = "cpu") -> Dataset:
-    """The dataset a :class:`ticketlab.config.DataConfig` describes."""
+    """The dataset a :class:`ticketlab.config.DataConfig` describes. TicketlabError when it sets an option of
+    :data:`OPTIONS` away from its default for a dataset that does not take it (it would be ignored, yet change the
+    run's hash)."""
+    defaults = {f.name: f.default for f in fields(d)}
+    for key in OPTIONS:
+        if key not in _OPTIONS.get(d.dataset, OPTIONS) and getattr(d, key) != defaults[key]:
+            users = ", ".join(name for name, takes in _OPTIONS.items() if key in takes)
+            raise TicketlabError(
+                f"--{key.replace('_', '-')} {getattr(d, key)}: dataset {d.dataset!r} does not use it (only {users} "
+                f"does); drop it or set it back to {defaults[key]}"
+            )
     return load_dataset(
         d.dataset,
         data_dir=d.data_dir or None,
@@ -281,7 +291,9 @@ def split_validation(train: Split, val_size: int) -> tuple[Split, Split | None]:
     if not val_size:
         return train, None
     if val_size >= len(train):
-        raise TicketlabError(f"val_size {val_size} leaves no training data (training set has {len(train)})")
+        raise TicketlabError(
+            f"val_size {val_size} leaves no training data (training set has {len(train)}); give a smaller --val-size"
+        )
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     vi, ti = perm[:val_size].sort().values, perm[val_size:].sort().values
     return Split(train.x[ti], train.y[ti]), Split(train.x[vi], train.y[vi])

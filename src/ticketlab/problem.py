@@ -15,7 +15,7 @@ from torch.nn.parameter import is_lazy
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import Dataset
 from ticketlab.errors import TicketlabError
-from ticketlab.models import create_model, initialize, model_arguments, redraw
+from ticketlab.models import create_model, initialize, model_arguments, model_names, redraw
 from ticketlab.seeds import derive_seed
 from ticketlab.store import tensor_digest
 from ticketlab.user_data import integer_hint
@@ -55,6 +55,12 @@ def registry_problem(config: ExperimentConfig, data: Dataset) -> Problem:
     """A :class:`Problem` for a registered model, initialised by the configured scheme."""
     mc = config.model
     kwargs = mc.kwargs()
+    if getattr(data, "vocab", None) is not None and "vocab" not in model_arguments(mc.model):
+        takes_tokens = [name for name in model_names() if "vocab" in model_arguments(name)]
+        raise TicketlabError(
+            f"model {mc.model!r} takes float inputs; dataset {data.name!r} gives integer token ids: "
+            f"use --model {' / '.join(takes_tokens)}"
+        )
     if getattr(data, "vocab", None) is not None and "vocab" in model_arguments(mc.model) and "vocab" not in kwargs:
         kwargs["vocab"] = data.vocab  # token data: the input vocabulary size, from the dataset
     device = data.train.x.device

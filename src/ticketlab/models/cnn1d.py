@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ticketlab.errors import TicketlabError
 from ticketlab.models import register
 
 
@@ -39,4 +40,10 @@ def mnist1d_cnn(input_shape: tuple[int, ...], num_classes: int, channels: int = 
     """Small 1D CNN for MNIST-1D: three conv layers (k5/3/3, stride 2) of `channels`, linear output."""
     # (L,) is one channel; (C, ...) keeps C channels and reads the rest as one sequence (images row by row).
     in_channels = 1 if len(input_shape) == 1 else input_shape[0]
+    if math.prod(input_shape) // in_channels < 3:  # the first conv (kernel 5, padding 1) needs 3 positions
+        raise TicketlabError(
+            f"model 'mnist1d_cnn' reads examples of shape {tuple(input_shape)} as {in_channels} channels of length "
+            f"{math.prod(input_shape) // in_channels}, too short for its convolutions: use it on mnist1d, or use "
+            "rnn_classifier / transformer_classifier on (T, F) sequences"
+        )
     return CNN1d(math.prod(input_shape) // in_channels, in_channels, channels, num_classes)

@@ -84,10 +84,10 @@ def _config(run: RunDir) -> dict[str, Any] | None:
 
 
 def imp_jobs(run: RunDir) -> bool:
-    """Whether the run's jobs are IMP levels and branches: not those of a supermask run (its own panel, in
-    report/strong_panels.py, reads its results.csv)."""
+    """Whether the run's jobs are IMP levels and branches: not those of a supermask or grokking run (their own
+    panels, in report/strong_panels.py and report/grokking_report.py, read their results.csv)."""
     try:
-        return "supermask" not in run.saved()
+        return not {"supermask", "grokking"} & set(run.saved())
     except TicketlabError:
         return True
 
@@ -98,6 +98,8 @@ def title(run: RunDir) -> str:
     if cfg is None:
         return f"ticketlab report: {run.name}"
     model, data, imp, prune = cfg["model"], cfg["data"], cfg["imp"], cfg["prune"]
+    if "grokking" in run.saved():
+        return f"{model['model']} on {data['dataset']}: grokking tickets, {imp['replicates']} replicate(s)"
     if not imp_jobs(run):
         return (
             f"{model['model']} on {data['dataset']}: supermasks over frozen weights, {imp['replicates']} replicate(s)"

@@ -99,12 +99,23 @@ class LanguageModel(Objective):
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the B*T tokens of a batch: scores (B, T, V), target (B, T) int64."""
-        logits = self.logits(output).float()
+        logits = _per_position(self.logits(output).float(), target)
         return F.cross_entropy(logits.flatten(0, -2), target.flatten())
 
     def logit_sums(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(summed token loss, correct tokens, tokens) from scores (B, T, V) and targets (B, T)."""
-        return super().logit_sums(logits.flatten(0, -2), target.flatten())
+        return super().logit_sums(_per_position(logits, target).flatten(0, -2), target.flatten())
+
+
+def _per_position(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``logits`` when they hold scores at every target position (B, T, V) for targets (B, T); TicketlabError for
+    one score row per sequence (a classifier's (B, V)), which cross-entropy would reject with a shape error."""
+    if logits.dim() != target.dim() + 1:
+        raise TicketlabError(
+            f"language modelling needs scores at every position (B, T, V) for targets {tuple(target.shape)}; the "
+            f"model gave {tuple(logits.shape)} (a classifier): use a language model such as transformer_lm or rnn_lm"
+        )
+    return logits
 
 
 LAST_TOKEN = LastToken()
