@@ -71,7 +71,10 @@ class _Inputs(nn.Module):
                 raise TicketlabError(f"model {self.model!r} got integer tokens but has no vocab; pass vocab=V")
             return self.embed(x)
         if self.project is None:
-            raise TicketlabError(f"model {self.model!r} takes integer token ids, got a {x.dtype} tensor")
+            raise TicketlabError(
+                f"model {self.model!r} takes integer token ids, got a {x.dtype} tensor; for float sequences use "
+                "transformer_classifier or rnn_classifier (e.g. on mnist1d-seq)"
+            )
         return self.project(x if x.dim() == 3 else x.unsqueeze(-1))
 
 
