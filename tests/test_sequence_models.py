@@ -10,13 +10,14 @@ from ticketlab import find_ticket
 from ticketlab import masks as M
 from ticketlab.cli import build_parser
 from ticketlab.cli_flags import config_from_args
+from ticketlab.components import component_table, components, shows_components
 from ticketlab.config import ModelConfig
 from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.models import INIT_SCHEMES, create_model, initialize, model_arguments, model_names, norm_layer
 from ticketlab.problem import registry_problem
-from ticketlab.prunable import component_table, components, layer_kinds, prunable_names, shows_components
+from ticketlab.prunable import layer_kinds, prunable_names
 from ticketlab.report.html import component_panel
 from ticketlab.rundir import RunDir
 

@@ -231,7 +231,7 @@ def layer_kinds(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def _owner(model: nn.Module, name: str) -> str:
+def owner_name(model: nn.Module, name: str) -> str:
     """The module a prunable tensor is pruned for: ``a.parametrizations.weight.original1`` belongs to ``a``."""
     head, sep, _ = name.partition(".parametrizations.")
     if sep:
@@ -265,7 +265,7 @@ def forward_order(model: nn.Module, names: list[str], example: Any) -> list[str]
         model.train(was_training)
 
     def place(name: str) -> int:
-        owner = _owner(model, name)
+        owner = owner_name(model, name)
         while owner not in finished and owner:
             owner = owner.rpartition(".")[0]
         return finished.get(owner, len(finished))
@@ -324,7 +324,7 @@ def first_layer_name(model: nn.Module, example: Any, names: list[str] | None = N
 def is_layer_weight(model: nn.Module, name: str) -> bool:
     """Whether parameter ``name`` is a weight (not a bias) of a prunable layer, as pruned (a parametrised weight
     through its original)."""
-    owner = _owner(model, name)
+    owner = owner_name(model, name)
     module = model.get_submodule(owner) if owner else model
     r = rule(module)
     if r is None:
@@ -409,54 +409,3 @@ def to_torch_pruning(model: nn.Module, mask: dict[str, torch.Tensor]) -> nn.Modu
             module = model.get_submodule(owner) if owner else model
             torch_prune.custom_from_mask(module, attr, m.to(params[name].device))
     return model
-
-
-COMPONENTS = ("embedding", "attention", "recurrent", "conv", "mlp", "output")
-
-
-def components(model: nn.Module, names: Iterable[str], example: Any = None) -> dict[str, str]:
-    """The component of each prunable tensor in ``names``: "attention" (anything inside an
-    ``nn.MultiheadAttention``: in_proj and out_proj), "embedding", "recurrent" (``nn.RNNBase``), "conv", "mlp" (any
-    other layer), or "output" for the output layer's tensors (found by :func:`output_layer_name` on ``example``, a
-    batch of inputs; without one, no tensor is "output"). A bias belongs to its layer's component."""
-    names = list(names)
-    out_layer = output_layer_name(model, example, names) if example is not None else None
-    out_owner = _owner(model, out_layer) if out_layer is not None else None
-    kinds = {}
-    for name in names:
-        owner = _owner(model, name)
-        if name == out_layer or (owner == out_owner and owner is not None):
-            kinds[name] = "output"
-            continue
-        parts = owner.split(".") if owner else []
-        chain = [model.get_submodule(".".join(parts[:i])) for i in range(len(parts) + 1)]
-        r = rule(chain[-1])
-        if any(isinstance(m, nn.MultiheadAttention) for m in chain):
-            kinds[name] = "attention"
-        elif r is not None and r.kind in ("embedding", "recurrent", "conv"):
-            kinds[name] = r.kind
-        else:
-            kinds[name] = "mlp"
-    return kinds
-
-
-def shows_components(kinds: Iterable[str]) -> bool:
-    """Whether a per-component table says more than the per-layer one: the model has a sequence component
-    (embedding, attention, recurrent), not only conv, mlp and output layers."""
-    return bool(set(kinds) & {"embedding", "attention", "recurrent"})
-
-
-def component_table(model: nn.Module, mask: dict[str, torch.Tensor], example: Any) -> str:
-    """A text table of ``mask`` (name -> bool tensor) by component (see :func:`components`): tensors, weights,
-    weights kept and density, one line per component present, then the total."""
-    kinds = components(model, list(mask), example)
-    lines = [f"{'component':<10}  {'tensors':>7}  {'weights':>10}  {'kept':>10}  density"]
-    for kind in COMPONENTS:
-        members = [n for n in mask if kinds[n] == kind]
-        if members:
-            size = sum(mask[n].numel() for n in members)
-            kept = sum(int(mask[n].sum()) for n in members)
-            lines.append(f"{kind:<10}  {len(members):>7}  {size:>10}  {kept:>10}  {kept / max(size, 1):8.4%}")
-    size, kept = sum(m.numel() for m in mask.values()), sum(int(m.sum()) for m in mask.values())
-    lines.append(f"{'total':<10}  {len(mask):>7}  {size:>10}  {kept:>10}  {kept / max(size, 1):8.4%}")
-    return "\n".join(lines)

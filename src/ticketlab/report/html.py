@@ -23,11 +23,11 @@ import torch
 
 import ticketlab
 from ticketlab import masks as M
+from ticketlab.components import component_table, components, shows_components
 from ticketlab.data import load_configured
 from ticketlab.errors import TicketlabError
 from ticketlab.models import model_arguments
 from ticketlab.problem import registry_problem
-from ticketlab.prunable import component_table, components, shows_components
 from ticketlab.report.plots import (
     criteria_figure,
     curves_figure,
