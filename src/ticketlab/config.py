@@ -59,6 +59,11 @@ class DataConfig:
         "text-char: fortunes (Debian's offline package), tiny-shakespeare (downloaded), or a text file",
         since=2,
     )
+    label_noise: float = option(
+        0.0,
+        "share of training labels replaced by another class, the same for every replicate (He et al. 2022)",
+        since=2,
+    )
 
     def __post_init__(self) -> None:
         require(self.val_size >= 0, "val_size", ">= 0", self.val_size)
@@ -70,6 +75,8 @@ class DataConfig:
         require(0.0 < self.train_fraction < 1.0, "train_fraction", "in (0, 1)", self.train_fraction)
         require(self.context >= 1, "context", ">= 1", self.context)
         require(bool(self.corpus), "corpus", "fortunes, tiny-shakespeare or a text file's path", self.corpus)
+        check_finite(label_noise=self.label_noise)
+        require(0.0 <= self.label_noise < 1.0, "label_noise", "in [0, 1)", self.label_noise)
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,7 @@ def load_configured(d, device: str | torch.device = "cpu") -> Dataset:
                 f"--{key.replace('_', '-')} {getattr(d, key)}: dataset {d.dataset!r} does not use it (only {users} "
                 f"does); drop it or set it back to {defaults[key]}"
             )
-    return load_dataset(
+    data = load_dataset(
         d.dataset,
         data_dir=d.data_dir or None,
         val_size=d.val_size,
@@ -233,6 +233,7 @@ def load_configured(d, device: str | torch.device = "cpu") -> Dataset:
         classes=d.classes,
         options={k: getattr(d, k) for k in OPTIONS},
     )
+    return label_noise.with_label_noise(data, d.label_noise)
 
 
 def prepare(
@@ -431,4 +432,5 @@ def _synthetic_images(_: Path | None) -> tuple[Split, Split, int]:
     return draw(600), draw(200), 10
 
 
-from ticketlab import tokens  # noqa: E402,F401 -- registers the token datasets (it imports this module)
+# at the end: these modules import Dataset and Split from this one; tokens registers the token datasets
+from ticketlab import label_noise, tokens  # noqa: E402,F401
