@@ -12,6 +12,7 @@ from pathlib import Path
 from ticketlab import analyze as AN
 from ticketlab import early_bird as EB
 from ticketlab.align import align, align_table, transport, transport_table
+from ticketlab.analysis import signal as SIG
 from ticketlab.branches import stability as ST
 from ticketlab.cli_flags import add_config_flags, config_from_args, run_flags, training_flags
 from ticketlab.errors import TicketlabError
@@ -122,6 +123,8 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--levels", help="comma-separated levels (default: every finished level)")
     a.add_argument("--grad-iterations", type=int, default=20, help="early iterations of mean |grad| (default: 20)")
     a.add_argument("--trajectory-batches", type=int, default=5, help="batches of the gradient at k (default: 5)")
+    a.add_argument("--signal", action="store_true", help="instead: per-layer variance and gradient norm at the rewind "
+                   "point, ticket vs random mask vs mean-field prediction (RUN/signal.csv)")  # fmt: skip
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
 
 
@@ -183,6 +186,10 @@ def _analyze(args: argparse.Namespace) -> int:
         levels = [int(x) for x in args.levels.split(",")] if args.levels else None
     except ValueError:
         raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    if args.signal:
+        print(SIG.signal_table(SIG.signal(Path(args.run_dir), levels=levels, device=args.device)))
+        print(f"\nsignal: {Path(args.run_dir) / SIG.SIGNAL_CSV}")
+        return 0
     rows, overlap = AN.analyze(
         Path(args.run_dir),
         against=args.against,
