@@ -12,6 +12,7 @@ from pathlib import Path
 from ticketlab import analyze as AN
 from ticketlab import early_bird as EB
 from ticketlab.align import align, align_table, transport, transport_table
+from ticketlab.analysis import capacity as CAP
 from ticketlab.analysis import signal as SIG
 from ticketlab.branches import stability as ST
 from ticketlab.cli_flags import add_config_flags, config_from_args, run_flags, training_flags
@@ -126,6 +127,11 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--signal", action="store_true", help="instead: per-layer variance and gradient norm at the rewind "
                    "point, ticket vs random mask vs mean-field prediction (RUN/signal.csv)")  # fmt: skip
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    a.add_argument(
+        "--capacity",
+        action="store_true",
+        help="instead: generalisation gap, kept weights W, W ln W and learning distance per level (RUN/capacity.csv)",
+    )
 
 
 def _stability(args: argparse.Namespace) -> int:
@@ -182,6 +188,10 @@ def _align(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    if args.capacity:  # read from the finished jobs' files alone: no model, no data
+        print(CAP.capacity_table(CAP.capacity(Path(args.run_dir))))
+        print(f"\ncapacity: {Path(args.run_dir) / CAP.CAPACITY_CSV}\nreport: {html_report(Path(args.run_dir))}")
+        return 0
     try:
         levels = [int(x) for x in args.levels.split(",")] if args.levels else None
     except ValueError:

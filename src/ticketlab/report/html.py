@@ -287,6 +287,32 @@ def analysis_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     return "".join(parts) or None
 
 
+@panel("Capacity: generalisation gap vs weights left (ticketlab analyze --capacity)")
+def capacity_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
+    path = run.path / "capacity.csv"
+    table = read_csv(path) if path.exists() else []
+    if not table:
+        return None
+
+    def cell(r: dict[str, str], key: str, scale: float = 1.0) -> str:
+        mean, std = r[key], r.get(f"{key}_std", "")
+        if mean == "":
+            return "-"
+        return f"{scale * float(mean):.2f}" + (f" ± {scale * float(std):.2f}" if std not in ("", "nan") else "")
+
+    lines = [
+        [r["level"], r["branch"], f"{100 * float(r['density']):.2f}%", f"{float(r['kept']):.0f}",
+         f"{float(r['w_log_w']):.0f}", cell(r, "gap", 100.0), cell(r, "distance"), r["n"]]
+        for r in table
+    ]  # fmt: skip
+    head = ["level", "branch", "weights left", "W", "W ln W", "gap (pp)", "learning distance", "n"]
+    note = (
+        "<p>Generalisation gap = train acc - final test acc (percentage points); W = kept weights; W ln W a "
+        f"VC-style proxy (natural log); learning distance ||theta_T - theta_0||_2. Mean ± {SPREAD}.</p>"
+    )
+    return note + html_table(head, lines, "capacity")
+
+
 @panel("Compute spent")
 def cost_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     return pre(cost_table(rows)) if rows else None
