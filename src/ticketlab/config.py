@@ -59,11 +59,7 @@ class DataConfig:
         "text-char: fortunes (Debian's offline package), tiny-shakespeare (downloaded), or a text file",
         since=2,
     )
-    label_noise: float = option(
-        0.0,
-        "share of training labels replaced by another class, the same for every replicate (He et al. 2022)",
-        since=2,
-    )
+    label_noise: float = option(0.0, "share of training labels moved to another class (He et al. 2022)", since=2)
 
     def __post_init__(self) -> None:
         require(self.val_size >= 0, "val_size", ">= 0", self.val_size)
