@@ -18,6 +18,7 @@ from ticketlab import cli_strong as strong
 from ticketlab import cli_study as study
 from ticketlab import compare_criteria
 from ticketlab import presets as P
+from ticketlab import sanity as SAN
 from ticketlab import scores as S
 from ticketlab import sweep as SW
 from ticketlab.cli_flags import add_config_flags, config_from_args, flag, run_flags, training_flags
@@ -69,6 +70,26 @@ def _branch_parser(sub: argparse._SubParsersAction) -> None:
     group = b.add_argument_group("branch options (each branch takes its own; NAME: what it means there)")
     for name, text in B.option_help().items():
         group.add_argument(flag(name), dest=f"option.{name}", metavar=name.upper(), help=text.replace("%", "%%"))
+
+
+def _sanity_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab sanity``: shuffle / reinit / invert checks of a finished run's tickets, as branches."""
+    s = sub.add_parser(
+        "sanity",
+        help="sanity checks of pruning (at init): shuffled masks, re-initialised weights, inverted scores",
+        description="Train each check as a branch off finished levels (Su et al. 2020; Frankle et al. 2021): "
+        "shuffle (each layer's mask permuted, same counts, on theta_k), reinit (the mask on a new initialisation), "
+        "invert (--at-init runs: the dense network scored again as the trunk did, the highest scores pruned "
+        "instead, same counts). Prints and writes RUN_DIR/sanity.csv; a second call trains nothing.",
+    )
+    s.add_argument("run_dir")
+    s.add_argument("--levels", help="comma-separated levels (default: every finished level)")
+    s.add_argument("--checks", help=f"comma-separated, of {','.join(SAN.CHECKS)} (default: all that apply to the run)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    s.add_argument("--tensorboard", metavar="DIR", help="write every job's scalars for TensorBoard under DIR")
+    s.add_argument("--sparse-kernels", default="auto", choices=("auto", "off"), help="as for imp (default: auto)")
+    s.add_argument("--batch-jobs", default="auto", help="as for branch: auto, off, or at most K (default: auto)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", help="the .pt2 file (default: RUN_DIR/ticket-level-N.pt2)")
     _branch_parser(sub)
+    _sanity_parser(sub)
     study.add_parsers(sub)
     strong.add_parsers(sub)
     grokking.add_parsers(sub)
@@ -232,6 +254,17 @@ def _branch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sanity(args: argparse.Namespace) -> int:
+    try:
+        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
+    except ValueError:
+        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    rows = SAN.sanity(Path(args.run_dir), levels=levels, checks=SAN.parse_checks(args.checks), **training_flags(args))
+    print(SAN.sanity_table(rows))
+    print(f"\nsanity: {Path(args.run_dir) / SAN.SANITY_CSV}")
+    return 0
+
+
 def _disjoint(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     where, rows = disjoint(
@@ -293,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "branch":
             return _branch(args)
+        if args.command == "sanity":
+            return _sanity(args)
         if args.command in study.COMMANDS:
             return study.COMMANDS[args.command](args)
         if args.command in strong.COMMANDS:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ticketlab import masks as M
 from ticketlab.batched import parse_setting
-from ticketlab.branches import baselines, perturb, rewinding, transfer, untrained  # noqa: F401 -- each registers its branches
+from ticketlab.branches import baselines, perturb, rewinding, sanity, transfer, untrained  # noqa: F401 -- each registers its branches
 from ticketlab.branches.base import BRANCHES, Branch, BranchStart, Option, Start, register
 from ticketlab.branches.rewinding import dense_at
 from ticketlab.config import ExperimentConfig, as_dict
