@@ -13,6 +13,7 @@ from ticketlab import analyze as AN
 from ticketlab import early_bird as EB
 from ticketlab.align import align, align_table, transport, transport_table
 from ticketlab.analysis import capacity as CAP
+from ticketlab.analysis import rewind_model as RWM
 from ticketlab.analysis import signal as SIG
 from ticketlab.branches import stability as ST
 from ticketlab.cli_flags import add_config_flags, config_from_args, run_flags, training_flags
@@ -132,6 +133,9 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="instead: generalisation gap, kept weights W, W ln W and learning distance per level (RUN/capacity.csv)",
     )
+    a.add_argument("--rewind-model", action="store_true", help="instead: fit A(k,s) = A_dense(1-e^-k/tau)(1-s)^beta "
+                   "to the rewind branches; k*(s) (RUN/rewind_model.csv, rewind_fit.json, .png)")  # fmt: skip
+    a.add_argument("--epsilon", type=float, default=0.01, help="--rewind-model: k* tolerance (fraction; default 0.01)")
 
 
 def _stability(args: argparse.Namespace) -> int:
@@ -188,6 +192,11 @@ def _align(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    if args.rewind_model:  # read from results.csv alone: no model, no data (unless steps are in epochs)
+        print(RWM.rewind_table(RWM.rewind_model(Path(args.run_dir), epsilon=args.epsilon)))
+        written = (Path(args.run_dir) / f for f in (RWM.MODEL_CSV, RWM.FIT_JSON, RWM.MODEL_PNG))
+        print("\nrewind model: " + ", ".join(map(str, written)))
+        return 0
     if args.capacity:  # read from the finished jobs' files alone: no model, no data
         print(CAP.capacity_table(CAP.capacity(Path(args.run_dir))))
         print(f"\ncapacity: {Path(args.run_dir) / CAP.CAPACITY_CSV}\nreport: {html_report(Path(args.run_dir))}")
