@@ -24,6 +24,7 @@ from ticketlab import sweep as SW
 from ticketlab.cli_flags import add_config_flags, config_from_args, flag, run_flags, training_flags
 from ticketlab.data import dataset_names
 from ticketlab.disjoint import disjoint
+from ticketlab.elastic import elastic, elastic_table
 from ticketlab.errors import TicketlabError
 from ticketlab.export import export_ticket
 from ticketlab.imp import imp
@@ -90,6 +91,27 @@ def _sanity_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sparse-kernels", default="auto", choices=("auto", "off"), help="as for imp (default: auto)")
     s.add_argument("--batch-jobs", default="auto", help="as for branch: auto, off, or at most K (default: auto)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
+def _elastic_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab elastic``: stretch / squeeze a ResNet run's tickets to another depth (Chen et al. 2021)."""
+    e = sub.add_parser(
+        "elastic",
+        help="elastic tickets: a ResNet run's tickets stretched or squeezed to another depth, trained there",
+        description="Replicate (stretch) or drop (squeeze) the residual blocks of each ticket of a finished ResNet "
+        "IMP run to reach another depth, and train it from the target network's own theta_k beside a random mask "
+        "at the same per-layer densities (resumable jobs); writes elastic.csv.",
+    )
+    e.add_argument("run_dir", help="the source IMP run (a CIFAR ResNet)")
+    e.add_argument("--to", required=True, help="the target ResNet, e.g. resnet32")
+    e.add_argument("--levels", help="comma-separated source levels (default: every finished level)")
+    e.add_argument("--against", nargs="+", default=[], metavar="RUN", help="runs at the target depth to join")
+    e.add_argument("--out", help="directory for the elastic run (default: the source run's parent)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    e.add_argument("--tensorboard", metavar="DIR", help="write every job's scalars for TensorBoard under DIR")
+    e.add_argument("--sparse-kernels", default="auto", choices=("auto", "off"), help="as for imp (default: auto)")
+    e.add_argument("--batch-jobs", default="auto", help="auto, off, or at most K jobs per pass (default: auto)")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -173,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_parsers(sub)
     strong.add_parsers(sub)
     grokking.add_parsers(sub)
+    _elastic_parser(sub)
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the datasets")
@@ -279,6 +302,19 @@ def _disjoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _elastic(args: argparse.Namespace) -> int:
+    try:
+        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
+    except ValueError:
+        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    where, rows = elastic(
+        Path(args.run_dir), args.to, levels=levels, against=args.against, out=args.out, **training_flags(args)
+    )
+    print(elastic_table(rows))
+    print(f"\ntable: {where / 'elastic.csv'}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / f"ticket-level-{args.level}.pt2"
     info = export_ticket(Path(args.run_dir), args.level, out, replicate=args.replicate, weights=args.weights)
@@ -336,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             return grokking.COMMANDS[args.command](args)
         if args.command == "disjoint":
             return _disjoint(args)
+        if args.command == "elastic":
+            return _elastic(args)
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "presets":

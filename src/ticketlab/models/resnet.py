@@ -1,4 +1,4 @@
-"""CIFAR ResNets (He et al. 2016): ResNet-20/32/56, three stages of 16w/32w/64w channels.
+"""CIFAR ResNets (He et al. 2016): ResNet-8/14/20/32/44/56 (depth 6n+2), three stages of 16w/32w/64w channels.
 
 A block is conv3x3-norm-ReLU-conv3x3-norm plus a shortcut (a 1x1 conv and norm where the shape
 changes, as in open_lth), then ReLU. Global average pooling before the output layer ``fc``.
@@ -55,6 +55,18 @@ def _resnet(depth: int, input_shape, num_classes, width, norm) -> nn.Module:
 
 
 @register
+def resnet8(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, norm: str = "batch") -> nn.Module:
+    """ResNet-8 for CIFAR (one block per stage, 0.08M weights): the shallowest family member (elastic tickets)."""
+    return _resnet(8, input_shape, num_classes, width, norm)
+
+
+@register
+def resnet14(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, norm: str = "batch") -> nn.Module:
+    """ResNet-14 for CIFAR (two blocks per stage, 0.17M weights)."""
+    return _resnet(14, input_shape, num_classes, width, norm)
+
+
+@register
 def resnet20(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, norm: str = "batch") -> nn.Module:
     """ResNet-20 for CIFAR (0.27M weights): the LTH paper's "ResNet-18", open_lth's cifar_resnet_20."""
     return _resnet(20, input_shape, num_classes, width, norm)
@@ -64,6 +76,12 @@ def resnet20(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0,
 def resnet32(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, norm: str = "batch") -> nn.Module:
     """ResNet-32 for CIFAR (0.46M weights)."""
     return _resnet(32, input_shape, num_classes, width, norm)
+
+
+@register
+def resnet44(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, norm: str = "batch") -> nn.Module:
+    """ResNet-44 for CIFAR (0.66M weights)."""
+    return _resnet(44, input_shape, num_classes, width, norm)
 
 
 @register
