@@ -17,6 +17,7 @@ from ticketlab import cli_grokking as grokking
 from ticketlab import cli_strong as strong
 from ticketlab import cli_study as study
 from ticketlab import compare_criteria
+from ticketlab import norm_study as NS
 from ticketlab import presets as P
 from ticketlab import sanity as SAN
 from ticketlab import scores as S
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default="runs", help="directory holding run directories (default: runs)")
     sw.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, ... (default: auto)")
     sw.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="the sweep's bar")
+    _norms_parser(sub)
     r = sub.add_parser("report", help="print the table and redraw the plot of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
@@ -343,6 +345,45 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _norms_parser(sub: argparse._SubParsersAction) -> None:
+    """``ticketlab norms``: one IMP run per (norm, batch size), tickets against baselines per norm."""
+    n = sub.add_parser(
+        "norms",
+        help="normalisation study: the same IMP once per norm and batch size, tickets vs baselines per norm",
+        description="Run the configured IMP (same config, same seeds) once per (norm, batch size), each an ordinary "
+        "resumable run in OUT, and tabulate per norm, batch size and level the ticket, random re-init and random "
+        "pruning (mean ± sample std) and the ticket's margin over the best baseline; written to OUT/norms.csv. "
+        "--steps in epochs keeps the epochs equal across batch sizes (fewer iterations for larger batches); in "
+        "iterations it keeps the iterations. Config flags as for `imp`; the model must take a norm (conv models).",
+    )
+    n.add_argument("--preset", help=f"named config (see `ticketlab presets`); default {P.DEFAULT_PRESET}")
+    n.add_argument("--config", help="YAML or JSON file with sections data/model/train/prune/imp")
+    n.add_argument("--norms", default=",".join(NS.DEFAULT_NORMS), help="comma-separated (default: %(default)s)")
+    n.add_argument(
+        "--batch-sizes",
+        default=",".join(map(str, NS.DEFAULT_BATCH_SIZES)),
+        help="comma-separated (default: %(default)s)",
+    )
+    n.add_argument("--out", default="runs/norms", help="run directories and norms.csv (default: %(default)s)")
+    n.add_argument("--workers", type=int, default=1, help="processes running runs (default: 1)")
+    n.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, ... (default: auto)")
+    n.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="the study's bar")
+    n.add_argument("--metric", default="final_test_acc", choices=("final_test_acc", "best_test_acc"))
+    add_config_flags(n)
+
+
+def _norms(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    norms, sizes = NS.parse_norms(args.norms), NS.parse_batch_sizes(args.batch_sizes)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    path, rows = NS.norm_study(
+        cfg, norms, sizes, out=args.out, workers=args.workers, device=args.device, progress=progress, metric=args.metric
+    )
+    print(NS.study_table(rows, args.metric))
+    print(f"\nnorm study: {path}")
+    return 0
+
+
 def _listing(items: dict[str, str]) -> None:
     """One line per name, descriptions aligned."""
     width = max(map(len, items)) + 2
@@ -376,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             return _elastic(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "norms":
+            return _norms(args)
         if args.command == "presets":
             _listing({name: desc for name, (desc, _) in P.PRESETS.items()})
             return 0

@@ -184,6 +184,17 @@ PRESETS["lm-char-lstm"] = (
         },
     ),
 )
+PRESETS["norms-conv"] = (
+    "for `ticketlab norms`: LeNet-5 at half width on Fashion-MNIST classes 0-4, Adam 1e-3, 1 epoch per level "
+    "(same epochs at every batch size), layerwise 50%/level, 3 levels to 12.5%, 2 replicates",
+    {
+        "data": {"dataset": "fashion-mnist", "classes": (0, 1, 2, 3, 4)},
+        "model": {"model": "lenet5", "width": 0.5, "init": "kaiming_normal"},
+        "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "steps": "1ep", "eval_every": "1ep"},
+        "prune": {"strategy": "layerwise", "fraction": 0.5},
+        "imp": {"levels": 3, "replicates": 2},
+    },
+)
 DEFAULT_PRESET = "mnist1d-lth"
 
 
