@@ -127,6 +127,8 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--trajectory-batches", type=int, default=5, help="batches of the gradient at k (default: 5)")
     a.add_argument("--signal", action="store_true", help="instead: per-layer variance and gradient norm at the rewind "
                    "point, ticket vs random mask vs mean-field prediction (RUN/signal.csv)")  # fmt: skip
+    a.add_argument("--sparse-aware", action="store_true", help="--signal: both masks at sparsity-aware scale (weights "
+                   "x 1/sqrt(layer density)), flat prediction (RUN/signal_sparse_aware.csv)")  # fmt: skip
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
     a.add_argument(
         "--capacity",
@@ -206,8 +208,9 @@ def _analyze(args: argparse.Namespace) -> int:
     except ValueError:
         raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
     if args.signal:
-        print(SIG.signal_table(SIG.signal(Path(args.run_dir), levels=levels, device=args.device)))
-        print(f"\nsignal: {Path(args.run_dir) / SIG.SIGNAL_CSV}")
+        sa = args.sparse_aware
+        print(SIG.signal_table(SIG.signal(Path(args.run_dir), levels=levels, device=args.device, sparse_aware=sa)))
+        print(f"\nsignal: {Path(args.run_dir) / (SIG.SIGNAL_SPARSE_AWARE_CSV if sa else SIG.SIGNAL_CSV)}")
         return 0
     rows, overlap = AN.analyze(
         Path(args.run_dir),

@@ -10,7 +10,9 @@ network loses its signal geometrically.
 
 :func:`signal` runs this on an IMP run: each level's ticket (its mask on its rewind-point weights) and a random mask
 of the same per-layer densities on the same weights, against the prediction anchored at the dense network's first
-layer; ``signal.csv`` in the run directory (:data:`COLUMNS`).
+layer; ``signal.csv`` in the run directory (:data:`COLUMNS`). With ``sparse_aware=True`` both masks are measured at
+sparsity-aware scale (:func:`ticketlab.models.sparse_aware`), against the flat prediction, in
+``signal_sparse_aware.csv``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ticketlab import masks as M
 from ticketlab.data import batches, load_configured
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
+from ticketlab.models import sparse_aware as rescaled
 from ticketlab.problem import registry_problem
 from ticketlab.prunable import forward_order, owner_name
 from ticketlab.pruning.topk import random_mask
@@ -35,9 +38,10 @@ from ticketlab.seeds import derive_seed
 from ticketlab.store import load_tensors, write_csv
 from ticketlab.training.objectives import CLASSIFICATION, Objective
 
-__all__ = ["COLUMNS", "SIGNAL_CSV", "mean_field", "propagation", "signal", "signal_table"]
+__all__ = ["COLUMNS", "SIGNAL_CSV", "SIGNAL_SPARSE_AWARE_CSV", "mean_field", "propagation", "signal", "signal_table"]
 
 SIGNAL_CSV = "signal.csv"
+SIGNAL_SPARSE_AWARE_CSV = "signal_sparse_aware.csv"  # the same columns, both masks at sparsity-aware scale
 COLUMNS = [
     "replicate",
     "level",
@@ -61,6 +65,9 @@ def mean_field(q0: float, densities: list[float], sigma_w2: float = 2.0) -> list
         q_1 = d_1 q0,        q_{l+1} = d_{l+1} sigma_w^2 q_l / 2   (d_l = 1 - s_l, the density of layer l),
 
     the first layer being linear in its input and every later one seeing a ReLU of the previous pre-activation.
+    Sparsity-aware init (:func:`ticketlab.models.sparse_aware`) draws layer l with ``sigma_w^2 / d_l``, which cancels
+    ``d_l`` in both lines: ``q_l = q0`` for every layer, i.e. ``mean_field(q0, [1.0] * L)`` (an empty layer, d = 0,
+    still zeroes every later one: give it density 0).
     Returns ``[q_1, ..., q_L]`` (one per density). TicketlabError when a density is outside [0, 1] or
     ``sigma_w2`` / ``q0`` is negative."""
     if q0 < 0 or sigma_w2 < 0:
@@ -148,6 +155,7 @@ def signal(
     replicate: int = 0,
     batch_size: int | None = None,
     device: str = "auto",
+    sparse_aware: bool = False,
 ) -> list[dict[str, Any]]:
     """Signal propagation of the IMP run ``run_dir``'s tickets at their rewind point (replicate ``replicate``):
     per level of ``levels`` (default: every finished pruned level) and per prunable layer, the measured variance
@@ -155,6 +163,8 @@ def signal(
     the mean-field prediction (:func:`mean_field`, ``sigma_w^2 = 2``, anchored at the dense network's first-layer
     variance at the rewind point) and both gradient norms; on the trunk's first training batch (``batch_size``
     examples; default: the run's). Writes ``signal.csv`` (:data:`COLUMNS`) into the run directory; returns its rows.
+    ``sparse_aware``: both masks' weights scaled by 1/sqrt(layer density) first (:func:`ticketlab.models.sparse_aware`)
+    and the flat mean-field prediction q_l = q0; ``signal_sparse_aware.csv`` instead (``signal.csv`` is untouched).
     TicketlabError (one line) when a level asked for has not finished or the run has no finished level."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if "weights" in run.saved() or "early_bird" in run.saved():
@@ -192,8 +202,14 @@ def signal(
         other = random_mask(
             ticket.mask, derive_seed(cfg.imp.seed, replicate, level, "signal"), [(n,) for n in ticket.mask]
         )
-        mine, theirs = propagation(net, ticket.mask, x, y, objective), propagation(model, other, x, y, objective)
-        predicted = mean_field(q0, [r["density"] for r in mine])
+        rnd = model
+        if sparse_aware:  # both at sparsity-aware scale; the prediction is flat (an empty layer still cuts it)
+            net.load_state_dict(rescaled(net.state_dict(), ticket.mask))
+            rnd = copy.deepcopy(model)
+            rnd.load_state_dict(rescaled(model.state_dict(), other))
+        mine, theirs = propagation(net, ticket.mask, x, y, objective), propagation(rnd, other, x, y, objective)
+        kept = [(1.0 if r["density"] > 0 else 0.0) if sparse_aware else r["density"] for r in mine]
+        predicted = mean_field(q0, kept)
         by_layer = {r["layer"]: r for r in theirs}
         for r, q in zip(mine, predicted):
             rnd = by_layer.get(r["layer"], {})
@@ -210,7 +226,7 @@ def signal(
                     "grad_norm_random": rnd.get("grad_norm"),
                 }
             )
-    write_csv(run.path / SIGNAL_CSV, rows, COLUMNS)
+    write_csv(run.path / (SIGNAL_SPARSE_AWARE_CSV if sparse_aware else SIGNAL_CSV), rows, COLUMNS)
     return rows
 
 

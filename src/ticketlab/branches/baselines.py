@@ -1,13 +1,31 @@
-"""The trunk's baselines, asked for after the fact: the ticket's mask on a new initialisation, and random masks."""
+"""The trunk's baselines, asked for after the fact: the ticket's mask on a new initialisation, and random masks.
+Each may start at sparsity-aware scale (``--init sparse_aware``: :func:`ticketlab.models.sparse_aware`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from ticketlab.branches.base import BranchStart, FreshModel, Start, masked, register
+from ticketlab import masks as M
+from ticketlab.branches.base import BranchStart, FreshModel, Start, State, masked, register
 from ticketlab.errors import TicketlabError
+from ticketlab.models import sparse_aware
 from ticketlab.pruning import random_mask
 from ticketlab.seeds import derive_seed
+
+Init = Annotated[
+    Literal["as_is", "sparse_aware"],
+    "sparse_aware: each layer's kept weights times 1/sqrt(its density)",
+]
+
+
+def scaled_start(s: Start, state: State, mask: M.Mask, init: str, branch: str) -> State:
+    """``state`` pruned by ``mask``, at sparsity-aware scale when ``init`` is "sparse_aware". TicketlabError for a
+    structured run (its masks remove whole units, whose fan-in the rule does not see)."""
+    if init == "as_is":
+        return masked(state, mask)
+    if s.structured:
+        raise TicketlabError(f"{branch} --init sparse_aware scales weights by layer density; not for a --units run")
+    return sparse_aware(state, mask)
 
 
 @register(draws_mask=True)
@@ -19,6 +37,7 @@ def random_prune(
         Literal["trunk", "layerwise", "global"],
         "how layers are pooled: as the trunk's baseline pools them, each layer alone, or all in one pool",
     ] = "trunk",
+    init: Init = "as_is",
 ) -> BranchStart:
     """A random mask at the ticket's densities (per layer, or per pool of layers), from theta_k."""
     if strategy == "trunk":  # exactly the trunk's baseline (its pools, its seed): the same job
@@ -28,11 +47,11 @@ def random_prune(
             raise TicketlabError("random_prune: a structured run's baseline is random units; use --strategy trunk")
         pools = [(n,) for n in s.mask] if strategy == "layerwise" else [tuple(s.mask)]
         mask = random_mask(s.mask, derive_seed(s.cfg.imp.seed, s.replicate, s.level, "random_prune", strategy), pools)
-    return BranchStart(masked(s.rewind, mask), mask)
+    return BranchStart(scaled_start(s, s.rewind, mask, init, "random_prune"), mask)
 
 
 @register
-def reinit(s: Start, fresh: FreshModel) -> BranchStart:
+def reinit(s: Start, fresh: FreshModel, *, init: Init = "as_is") -> BranchStart:
     """The ticket's mask on a newly initialised network (the trunk's own re-init baseline, after the fact)."""
     model = fresh(derive_seed(s.cfg.imp.seed, s.replicate, s.level, "reinit"))
-    return BranchStart(masked(model.state_dict(), s.mask), s.mask)
+    return BranchStart(scaled_start(s, model.state_dict(), s.mask, init, "reinit"), s.mask)

@@ -11,6 +11,7 @@ import torch
 
 from ticketlab import masks as M
 from ticketlab.branches.base import BranchStart, FreshModel, Start, State, masked, register
+from ticketlab.branches.baselines import Init, scaled_start
 from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.problem import Problem, state_of
@@ -27,17 +28,19 @@ def rewind(
     fresh: FreshModel,
     *,
     to: Annotated[str, "the step whose dense weights the ticket starts from, e.g. 100it or 1ep"] = "",
+    init: Init = "as_is",
 ) -> BranchStart:
     """The ticket's mask on the dense weights at another step than the trunk's k, trained from there on.
 
     The weights at ``to`` (0it, 500it, 2ep, ...) are reproduced by replaying the dense training (same seed and data
-    order), and the schedule runs from there (Frankle et al. 2020's rewinding sweep)."""
+    order), and the schedule runs from there (Frankle et al. 2020's rewinding sweep). ``--to`` at the run's own k
+    with ``--init sparse_aware`` is the rewound ticket at sparsity-aware scale."""
     if not to:
         raise TicketlabError("rewind needs --to, e.g. --to 100it or --to 1ep")
     step = Step.parse(to).iterations(s.per_epoch)
     if step >= s.total:
         raise TicketlabError(f"rewind --to {to} ({step} it) must come before the end of training ({s.total} it)")
-    return BranchStart(masked(s.dense_at(step), s.mask), s.mask, begin=step)
+    return BranchStart(scaled_start(s, s.dense_at(step), s.mask, init, "rewind"), s.mask, begin=step)
 
 
 @register

@@ -154,6 +154,27 @@ def signed_constant(model: nn.Module, names: list[str], k: float = 1.0) -> nn.Mo
     return model
 
 
+def sparse_aware(state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` at sparsity-aware scale: each masked weight tensor (2-d or more) pruned and multiplied by
+    1/sqrt(d), d its density under ``mask`` (kept / numel), so a layer drawn with variance sigma_w^2 / fan_in (He:
+    2 / fan_in) keeps sigma_w^2 / (d fan_in) = 2 / ((1 - s) fan_in) and the mean-field signal
+    (:func:`ticketlab.analysis.signal.mean_field`) stays flat with depth (Lee et al. 2020; Evci et al. 2022,
+    "Gradient flow in sparse neural networks": the per-tensor form). Returns copies; pruned entries are exactly zero,
+    a 1-d masked tensor (a structured run's bias or norm) is only pruned, tensors outside ``mask`` are as given, and
+    an empty layer (d = 0) stays zero. The rule assumes the kept weights are spread over each unit's fan-in, as an
+    unstructured mask's are."""
+    out = {}
+    for name, t in state.items():
+        if name not in mask:
+            out[name] = t.clone()
+            continue
+        keep = mask[name].to(t.device, t.dtype)
+        kept = int(mask[name].sum())
+        scale = (t.numel() / kept) ** 0.5 if t.dim() > 1 and kept else 1.0
+        out[name] = t * keep * scale
+    return out
+
+
 def redraw(model: nn.Module, seed: int) -> list[str]:
     """Re-draw every parameter of ``model`` in place, as its modules initialise themselves, deterministically from
     ``seed`` (the caller's random state is left as it was). Returns the names of the parameters nothing re-drew.
