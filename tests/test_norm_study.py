@@ -94,19 +94,8 @@ def test_a_second_call_trains_nothing(study, monkeypatch, capsys):
     assert len(before) == 4 * 2 * 4  # per run and replicate: dense ticket; level 1's ticket and two baselines
     monkeypatch.setattr(SW, "run_one", lambda *a: pytest.fail("a finished run was run again"))
     monkeypatch.setattr(SW, "summary_html", lambda *a: None)
-    args = [
-        "norms",
-        "--dataset",
-        "synthetic-images",
-        "--classes",
-        "0,1",
-        "--model",
-        "lenet5",
-        "--width",
-        "0.25",
-        "--optimizer",
-        "adam",
-    ]
+    args = ["norms", "--dataset", "synthetic-images", "--classes", "0,1", "--model", "lenet5", "--width", "0.25"]
+    args += ["--optimizer", "adam"]
     args += ["--lr", "0.01", "--steps", "1ep", "--eval-every", "1ep", "--strategy", "layerwise", "--fraction", "0.5"]
     args += ["--levels", "1", "--replicates", "2", "--norms", "batch,none", "--batch-sizes", "67,134"]
     assert main([*args, "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
