@@ -80,11 +80,11 @@ def test_transform_refuses_other_families_and_other_widths():
         transform(_random_mask(src), src, create_model("resnet32", SHAPE, 10, width=0.5))
 
 
-def _tiny_resnet_run(out, model="resnet8"):
+def _tiny_resnet_run(out, model="resnet8", width=0.25):
     cfg = from_dict(
         {
             "data": {"dataset": "synthetic-images"},
-            "model": {"model": model, "width": 0.25},
+            "model": {"model": model, "width": width},
             "train": {"optimizer": "adam", "lr": 1e-2, "batch_size": 100, "steps": "4it", "eval_every": "4it"},
             "prune": {"strategy": "layerwise", "fraction": 0.5},
             "imp": {"levels": 1, "replicates": 1, "baselines": (), "rewind": "2it"},
@@ -123,6 +123,9 @@ def test_elastic_joins_runs_at_the_target_depth_and_refuses_other_models(source,
     assert rows[0]["imp_density"] == pytest.approx(own.ticket(1).density) and rows[0]["imp_n"] == 1
     with pytest.raises(TicketlabError, match="compare with resnet14 runs"):
         elastic(source.path, "resnet14", out=tmp_path / "el", against=[source.path])
+    wider = _tiny_resnet_run(tmp_path / "wide", "resnet14", width=0.5)
+    with pytest.raises(TicketlabError, match="another width .* than the source run"):
+        elastic(source.path, "resnet14", out=tmp_path / "el", against=[wider.path])
     with pytest.raises(TicketlabError, match="the --to model is 'vgg11'"):
         elastic(source.path, "vgg11", out=tmp_path / "el")
 
