@@ -9,10 +9,13 @@ from conftest import tiny_config
 from ticketlab import masks as M
 from ticketlab.cli import main
 from ticketlab.config import from_dict
+from ticketlab.data import load_dataset
 from ticketlab.elastic import block_sources, elastic, transform
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import imp
 from ticketlab.models import create_model
+from ticketlab.problem import registry_problem
+from ticketlab.rundir import RunDir
 
 SHAPE = (3, 32, 32)
 
@@ -134,3 +137,13 @@ def test_elastic_refuses_a_source_run_that_is_not_a_resnet(tmp_path):
     source = imp(tiny_config(imp={"levels": 1, "baselines": ()}), out=tmp_path)
     with pytest.raises(TicketlabError, match="source run's model is 'mlp'"):
         elastic(source.path, "resnet14", out=tmp_path / "el")
+
+
+def test_elastic_on_a_run_without_a_finished_level_is_one_line_naming_that(tmp_path, capsys):
+    cfg = from_dict({"data": {"dataset": "synthetic-images"}, "model": {"model": "resnet8", "width": 0.25}})
+    run = RunDir(tmp_path / "fresh")
+    with run.lock():
+        run.claim(cfg, registry_problem(cfg, load_dataset("synthetic-images")).identity)
+    assert main(["elastic", str(run.path), "--to", "resnet14", "--out", str(tmp_path / "el")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no finished pruned level" in err and "\n" not in err

@@ -104,3 +104,14 @@ def test_invert_on_an_imp_run_is_refused_in_one_line(tmp_path_factory, capsys):
     err = capsys.readouterr().err.strip()
     assert "not a pruning-at-init check" in err and "\n" not in err
     assert not (run / "sanity.csv").exists()
+
+
+def test_a_run_without_a_finished_pruned_level_is_one_line_naming_that(tmp_path, capsys):
+    cfg = tiny_config(imp={"levels": 2, "baselines": ()})
+    run = RunDir(tmp_path / "fresh")
+    with run.lock():
+        run.claim(cfg, registry_problem(cfg, load_dataset("synthetic")).identity)
+    assert main(["sanity", str(run.path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no finished pruned level" in err and "\n" not in err
+    assert not (run.path / "sanity.csv").exists()

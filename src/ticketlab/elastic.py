@@ -194,6 +194,10 @@ def elastic(
 
 def _levels(src: RunDir, cfg: ExperimentConfig, levels: Sequence[int] | None) -> list[int]:
     finished = src.finished_levels(cfg)
+    if levels is None and not finished:
+        raise TicketlabError(
+            f"{src.path} has no finished pruned level (is it an IMP run?); run the source's `ticketlab imp` further"
+        )
     levels = finished if levels is None else list(levels)
     missing = [lv for lv in levels if lv not in finished]
     if missing or not levels:

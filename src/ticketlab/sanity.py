@@ -78,6 +78,10 @@ def sanity(
     bad = [c for c in checks if c not in CHECKS]
     if bad:
         raise TicketlabError(f"unknown check(s) {bad}; known: {','.join(CHECKS)}")
+    if levels is None and not run.finished_levels(cfg):
+        raise TicketlabError(
+            f"{run.path} has no finished pruned level (is it an IMP run?); run `ticketlab imp` on it further first"
+        )
     if "invert" in checks:  # refused before any other check trains
         SB.invertible(cfg.imp.mode, cfg.prune.units != "none")
     rows: list[dict[str, Any]] = []
