@@ -118,6 +118,8 @@ def test_elastic_run_writes_the_table_and_a_second_call_trains_nothing(source, t
     path, again = elastic(source.path, "resnet14", out=tmp_path / "el")
     assert path == where and sorted(p.stat().st_mtime_ns for p in where.rglob("result.json")) == stamps
     assert [r["elastic_acc_mean"] for r in again] == [float(r["elastic_acc_mean"]) for r in rows]
+    _, twice = elastic(source.path, "resnet14", levels=[1, 1], out=tmp_path / "el")  # a level given twice: once
+    assert [(r["level"], r["n"]) for r in twice] == [(1, 1)]
 
 
 def test_elastic_joins_runs_at_the_target_depth_and_refuses_other_models(source, tmp_path):

@@ -93,6 +93,8 @@ def test_sanity_command_writes_sanity_csv_and_a_second_call_trains_nothing(at_in
     assert main(["sanity", str(run), "--levels", "1,2", "--batch-jobs", "off"]) == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("result.json")} == stamps
     assert "invert" in capsys.readouterr().out
+    assert main(["sanity", str(run), "--levels", "2,2", "--checks", "shuffle"]) == 0  # a level given twice: one row
+    assert [(r["level"], r["check"]) for r in read_csv(run / "sanity.csv")] == [("2", "shuffle")]
 
 
 def test_invert_on_an_imp_run_is_refused_in_one_line(tmp_path_factory, capsys):

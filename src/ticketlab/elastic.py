@@ -198,7 +198,7 @@ def _levels(src: RunDir, cfg: ExperimentConfig, levels: Sequence[int] | None) ->
         raise TicketlabError(
             f"{src.path} has no finished pruned level (is it an IMP run?); run the source's `ticketlab imp` further"
         )
-    levels = finished if levels is None else list(levels)
+    levels = finished if levels is None else sorted(set(levels))  # a level given twice is trained and counted once
     missing = [lv for lv in levels if lv not in finished]
     if missing or not levels:
         raise TicketlabError(

@@ -96,7 +96,7 @@ def sanity(
             sparse_kernels=sparse_kernels,
             tensorboard=tensorboard,
         )
-    asked = sorted({int(r["level"]) for r in rows if int(r["level"]) > 0}) if levels is None else sorted(levels)
+    asked = sorted({int(r["level"]) for r in rows if int(r["level"]) > 0}) if levels is None else sorted(set(levels))
     table = summary_rows(rows, asked, checks)
     write_csv(run.path / SANITY_CSV, table, COLUMNS)
     return table
