@@ -95,3 +95,11 @@ def test_a_directory_that_is_not_an_imp_run_is_one_line_exit_2(tmp_path, capsys,
     assert main(["analyze", str(tmp_path), "--capacity"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("not an IMP run" in err if kind else "no config.json" in err)
+
+
+def test_a_branch_with_options_is_measured_from_its_own_job_directory(run, capsys):
+    # `branch rewind --to 5it` labels its rows rewind[to=5it] but keeps its jobs in rewind-<digest>/
+    assert main(["branch", str(run), "rewind", "--to", "5it", "--levels", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    rows = [r for r in CAP.job_rows(run) if r["branch"] == "rewind[to=5it]"]
+    assert len(rows) == 2 and all(r["distance"] is not None and r["distance"] > 0 for r in rows)

@@ -9,10 +9,13 @@ from conftest import tiny_config
 from ticketlab import masks as M
 from ticketlab.cli import main
 from ticketlab.config import from_dict
+from ticketlab.data import load_dataset
 from ticketlab.elastic import block_sources, elastic, transform
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import imp
 from ticketlab.models import create_model
+from ticketlab.problem import registry_problem
+from ticketlab.rundir import RunDir
 
 SHAPE = (3, 32, 32)
 
@@ -80,11 +83,11 @@ def test_transform_refuses_other_families_and_other_widths():
         transform(_random_mask(src), src, create_model("resnet32", SHAPE, 10, width=0.5))
 
 
-def _tiny_resnet_run(out, model="resnet8"):
+def _tiny_resnet_run(out, model="resnet8", width=0.25):
     cfg = from_dict(
         {
             "data": {"dataset": "synthetic-images"},
-            "model": {"model": model, "width": 0.25},
+            "model": {"model": model, "width": width},
             "train": {"optimizer": "adam", "lr": 1e-2, "batch_size": 100, "steps": "4it", "eval_every": "4it"},
             "prune": {"strategy": "layerwise", "fraction": 0.5},
             "imp": {"levels": 1, "replicates": 1, "baselines": (), "rewind": "2it"},
@@ -115,6 +118,8 @@ def test_elastic_run_writes_the_table_and_a_second_call_trains_nothing(source, t
     path, again = elastic(source.path, "resnet14", out=tmp_path / "el")
     assert path == where and sorted(p.stat().st_mtime_ns for p in where.rglob("result.json")) == stamps
     assert [r["elastic_acc_mean"] for r in again] == [float(r["elastic_acc_mean"]) for r in rows]
+    _, twice = elastic(source.path, "resnet14", levels=[1, 1], out=tmp_path / "el")  # a level given twice: once
+    assert [(r["level"], r["n"]) for r in twice] == [(1, 1)]
 
 
 def test_elastic_joins_runs_at_the_target_depth_and_refuses_other_models(source, tmp_path):
@@ -123,6 +128,9 @@ def test_elastic_joins_runs_at_the_target_depth_and_refuses_other_models(source,
     assert rows[0]["imp_density"] == pytest.approx(own.ticket(1).density) and rows[0]["imp_n"] == 1
     with pytest.raises(TicketlabError, match="compare with resnet14 runs"):
         elastic(source.path, "resnet14", out=tmp_path / "el", against=[source.path])
+    wider = _tiny_resnet_run(tmp_path / "wide", "resnet14", width=0.5)
+    with pytest.raises(TicketlabError, match="another width .* than the source run"):
+        elastic(source.path, "resnet14", out=tmp_path / "el", against=[wider.path])
     with pytest.raises(TicketlabError, match="the --to model is 'vgg11'"):
         elastic(source.path, "vgg11", out=tmp_path / "el")
 
@@ -131,3 +139,13 @@ def test_elastic_refuses_a_source_run_that_is_not_a_resnet(tmp_path):
     source = imp(tiny_config(imp={"levels": 1, "baselines": ()}), out=tmp_path)
     with pytest.raises(TicketlabError, match="source run's model is 'mlp'"):
         elastic(source.path, "resnet14", out=tmp_path / "el")
+
+
+def test_elastic_on_a_run_without_a_finished_level_is_one_line_naming_that(tmp_path, capsys):
+    cfg = from_dict({"data": {"dataset": "synthetic-images"}, "model": {"model": "resnet8", "width": 0.25}})
+    run = RunDir(tmp_path / "fresh")
+    with run.lock():
+        run.claim(cfg, registry_problem(cfg, load_dataset("synthetic-images")).identity)
+    assert main(["elastic", str(run.path), "--to", "resnet14", "--out", str(tmp_path / "el")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no finished pruned level" in err and "\n" not in err

@@ -16,18 +16,19 @@ from ticketlab.norm_study import norm_specs, norm_study, parse_batch_sizes, pars
 from ticketlab.rundir import RunDir
 from ticketlab.store import read_csv
 
-# LeNet-5 at quarter width on 3x32x32 synthetic images (600 training examples), one epoch per level: 3 iterations
-# at batch 200, 1 at batch 600; one pruned level, two replicates.
+# LeNet-5 at quarter width on 3x32x32 synthetic images, classes 0 and 1 only (134 training examples, 44 test: a
+# fifth of the set, to keep the module's setup short), one epoch per level: 2 iterations at batch 67, 1 at batch 134;
+# one pruned level, two replicates.
 BASE = C.from_dict(
     {
-        "data": {"dataset": "synthetic-images"},
+        "data": {"dataset": "synthetic-images", "classes": (0, 1)},
         "model": {"model": "lenet5", "width": 0.25},
         "train": {"optimizer": "adam", "lr": 1e-2, "batch_size": 50, "steps": "1ep", "eval_every": "1ep"},
         "prune": {"strategy": "layerwise", "fraction": 0.5},
         "imp": {"levels": 1, "replicates": 2},
     }
 )
-NORMS, SIZES = ["batch", "none"], [200, 600]
+NORMS, SIZES = ["batch", "none"], [67, 134]
 
 
 def _result_files(out: Path) -> dict[Path, int]:
@@ -47,10 +48,10 @@ def test_one_run_per_norm_and_batch_size_with_those_values_and_nothing_else_chan
     out, _, _ = study
     specs = norm_specs(BASE, NORMS, SIZES)
     assert [(s.config.model.norm, s.config.train.batch_size) for s in specs] == [
-        ("batch", 200),
-        ("batch", 600),
-        ("none", 200),
-        ("none", 600),
+        ("batch", 67),
+        ("batch", 134),
+        ("none", 67),
+        ("none", 134),
     ]
     for s in specs:
         saved = RunDir(out / s.run_name).config()
@@ -75,7 +76,7 @@ def test_table_has_one_row_per_norm_batch_and_level_with_n_replicates(study):
             best = max(r["reinit_mean"], r["random_prune_mean"])
             assert r["margin"] == pytest.approx(r["ticket_mean"] - best)
     saved = read_csv(path)
-    assert len(saved) == 8 and saved[0]["norm"] == "batch" and saved[0]["batch_size"] == "200"
+    assert len(saved) == 8 and saved[0]["norm"] == "batch" and saved[0]["batch_size"] == "67"
 
 
 def test_steps_in_epochs_give_fewer_iterations_to_larger_batches(study):
@@ -84,7 +85,7 @@ def test_steps_in_epochs_give_fewer_iterations_to_larger_batches(study):
     for s in norm_specs(BASE, NORMS, SIZES)[:2]:
         lines = (out / s.run_name / "replicate_0" / "level_0" / "ticket" / "metrics.jsonl").read_text().splitlines()
         steps[s.config.train.batch_size] = max(json.loads(x)["step"] for x in lines)
-    assert steps == {200: 3, 600: 1}  # 600 examples: one epoch each
+    assert steps == {67: 2, 134: 1}  # 134 examples: one epoch each
 
 
 def test_a_second_call_trains_nothing(study, monkeypatch, capsys):
@@ -93,9 +94,10 @@ def test_a_second_call_trains_nothing(study, monkeypatch, capsys):
     assert len(before) == 4 * 2 * 4  # per run and replicate: dense ticket; level 1's ticket and two baselines
     monkeypatch.setattr(SW, "run_one", lambda *a: pytest.fail("a finished run was run again"))
     monkeypatch.setattr(SW, "summary_html", lambda *a: None)
-    args = ["norms", "--dataset", "synthetic-images", "--model", "lenet5", "--width", "0.25", "--optimizer", "adam"]
+    args = ["norms", "--dataset", "synthetic-images", "--classes", "0,1", "--model", "lenet5", "--width", "0.25"]
+    args += ["--optimizer", "adam"]
     args += ["--lr", "0.01", "--steps", "1ep", "--eval-every", "1ep", "--strategy", "layerwise", "--fraction", "0.5"]
-    args += ["--levels", "1", "--replicates", "2", "--norms", "batch,none", "--batch-sizes", "200,600"]
+    args += ["--levels", "1", "--replicates", "2", "--norms", "batch,none", "--batch-sizes", "67,134"]
     assert main([*args, "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"norm study: {path}" in printed and "same epochs at every batch size" in printed

@@ -93,6 +93,8 @@ def test_sanity_command_writes_sanity_csv_and_a_second_call_trains_nothing(at_in
     assert main(["sanity", str(run), "--levels", "1,2", "--batch-jobs", "off"]) == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("result.json")} == stamps
     assert "invert" in capsys.readouterr().out
+    assert main(["sanity", str(run), "--levels", "2,2", "--checks", "shuffle"]) == 0  # a level given twice: one row
+    assert [(r["level"], r["check"]) for r in read_csv(run / "sanity.csv")] == [("2", "shuffle")]
 
 
 def test_invert_on_an_imp_run_is_refused_in_one_line(tmp_path_factory, capsys):
@@ -104,3 +106,14 @@ def test_invert_on_an_imp_run_is_refused_in_one_line(tmp_path_factory, capsys):
     err = capsys.readouterr().err.strip()
     assert "not a pruning-at-init check" in err and "\n" not in err
     assert not (run / "sanity.csv").exists()
+
+
+def test_a_run_without_a_finished_pruned_level_is_one_line_naming_that(tmp_path, capsys):
+    cfg = tiny_config(imp={"levels": 2, "baselines": ()})
+    run = RunDir(tmp_path / "fresh")
+    with run.lock():
+        run.claim(cfg, registry_problem(cfg, load_dataset("synthetic")).identity)
+    assert main(["sanity", str(run.path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no finished pruned level" in err and "\n" not in err
+    assert not (run.path / "sanity.csv").exists()

@@ -91,3 +91,9 @@ def test_cli_bad_levels_one_line_exit_2(run, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--levels" in err
     assert main(["analyze", str(run), "--signal", "--levels", "x"]) == 2
+
+
+def test_sparse_aware_without_signal_is_refused_in_one_line(run, capsys):
+    assert main(["analyze", str(run), "--sparse-aware"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--sparse-aware" in err and "add --signal" in err and "\n" not in err

@@ -194,6 +194,8 @@ def _align(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    if args.sparse_aware and not args.signal:  # else the default analysis would run, the flag silently dropped
+        raise TicketlabError("--sparse-aware rescales the masks of --signal; add --signal")
     if args.rewind_model:  # read from results.csv alone: no model, no data (unless steps are in epochs)
         print(RWM.rewind_table(RWM.rewind_model(Path(args.run_dir), epsilon=args.epsilon)))
         written = (Path(args.run_dir) / f for f in (RWM.MODEL_CSV, RWM.FIT_JSON, RWM.MODEL_PNG))

@@ -155,7 +155,7 @@ def elastic(
     src_problem, problem = registry_problem(cfg, data), registry_problem(target, data)
     plan = make_plan(target, problem)
     levels = _levels(src, cfg, levels)
-    others = [_against_run(path, to) for path in against]  # checked before anything trains
+    others = [_against_run(path, to, cfg) for path in against]  # checked before anything trains
     key = hashlib.sha256(f"{cfg.run_hash()} {to}".encode()).hexdigest()[:10]
     where = Path(out) if out is not None else src.path.parent
     run = RunDir(where / f"elastic-{cfg.model.model}-to-{to}-{cfg.data.dataset}-{key}")
@@ -194,7 +194,11 @@ def elastic(
 
 def _levels(src: RunDir, cfg: ExperimentConfig, levels: Sequence[int] | None) -> list[int]:
     finished = src.finished_levels(cfg)
-    levels = finished if levels is None else list(levels)
+    if levels is None and not finished:
+        raise TicketlabError(
+            f"{src.path} has no finished pruned level (is it an IMP run?); run the source's `ticketlab imp` further"
+        )
+    levels = finished if levels is None else sorted(set(levels))  # a level given twice is trained and counted once
     missing = [lv for lv in levels if lv not in finished]
     if missing or not levels:
         raise TicketlabError(
@@ -254,13 +258,19 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _against_run(path: str | Path, to: str) -> tuple[str, dict[int, tuple[float, Summary]]]:
+def _against_run(path: str | Path, to: str, source: ExperimentConfig) -> tuple[str, dict[int, tuple[float, Summary]]]:
     """A run to compare with: its label (``imp``, or the criterion it pruned at init with) and, per pruned level,
-    its tickets' mean density and accuracy summary."""
+    its tickets' mean density and accuracy summary. TicketlabError unless it is a ``to`` run on the ``source``
+    run's data (same data config) at the same width."""
     run = RunDir(path)
     cfg = run.config()
     if cfg.model.model != to:
         raise TicketlabError(f"--against {path} is a {cfg.model.model} run; compare with {to} runs")
+    if cfg.data != source.data or cfg.model.width != source.model.width:
+        raise TicketlabError(
+            f"--against {path} is on other data or at another width ({cfg.data.dataset}, width {cfg.model.width}) "
+            f"than the source run ({source.data.dataset}, width {source.model.width}); compare runs of the same setup"
+        )
     mode, criterion = cfg.imp.mode, cfg.prune.criterion
     label = "imp" if mode == "iterative" and criterion == "large_final" else criterion
     label = label if mode in ("iterative", "at-init") else f"{label}_{mode.replace('-', '_')}"

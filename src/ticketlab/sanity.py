@@ -78,6 +78,10 @@ def sanity(
     bad = [c for c in checks if c not in CHECKS]
     if bad:
         raise TicketlabError(f"unknown check(s) {bad}; known: {','.join(CHECKS)}")
+    if levels is None and not run.finished_levels(cfg):
+        raise TicketlabError(
+            f"{run.path} has no finished pruned level (is it an IMP run?); run `ticketlab imp` on it further first"
+        )
     if "invert" in checks:  # refused before any other check trains
         SB.invertible(cfg.imp.mode, cfg.prune.units != "none")
     rows: list[dict[str, Any]] = []
@@ -92,7 +96,7 @@ def sanity(
             sparse_kernels=sparse_kernels,
             tensorboard=tensorboard,
         )
-    asked = sorted({int(r["level"]) for r in rows if int(r["level"]) > 0}) if levels is None else sorted(levels)
+    asked = sorted({int(r["level"]) for r in rows if int(r["level"]) > 0}) if levels is None else sorted(set(levels))
     table = summary_rows(rows, asked, checks)
     write_csv(run.path / SANITY_CSV, table, COLUMNS)
     return table

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ticketlab import branches as B
 from ticketlab import masks as M
 from ticketlab.errors import TicketlabError
 from ticketlab.report.tables import SPREAD, Summary, mean_std, summarize
@@ -69,14 +70,14 @@ def job_rows(run_dir: str | Path | RunDir) -> list[dict[str, Any]]:
     for row in rows:
         if row.get("train_acc") in (None, "") or row.get("final_test_acc") in (None, ""):
             continue  # records written before train_acc was kept
-        job = run.job(int(row["replicate"]), int(row["level"]), row["branch"])
+        job = run.job(int(row["replicate"]), int(row["level"]), B.dir_name(row["branch"]))
         kept, distance = _measure(run, job)
         gap = float(row["train_acc"]) - float(row["final_test_acc"])
         out.append(
             {
                 "replicate": job.replicate,
                 "level": job.level,
-                "branch": job.branch,
+                "branch": row["branch"],
                 "density": float(row["density"]),
                 "train_acc": float(row["train_acc"]),
                 "final_test_acc": float(row["final_test_acc"]),

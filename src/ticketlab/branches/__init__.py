@@ -68,7 +68,9 @@ def label(name: str, options: dict[str, Any]) -> str:
     return name + "[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]"
 
 
-def _dirname(text: str) -> str:
+def dir_name(text: str) -> str:
+    """The job directory of the branch labelled ``text`` (see :func:`label`): the label itself when it is an
+    identifier (``reinit``), else its name and a digest of it (``rewind[to=5it]`` -> ``rewind-<10 hex>``)."""
     if text.isidentifier():
         return text
     return text.split("[")[0] + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -171,7 +173,7 @@ def _levels(run: RunDir, cfg: ExperimentConfig, levels: list[int] | None) -> lis
 def _branch_job(q: _Request, r: int, level: int) -> Job:
     """The job of the branch at (replicate ``r``, ``level``), finished or not (the executor reads back finished
     ones, and forms the same batches whatever is finished)."""
-    files = q.run.job(r, level, _dirname(q.tag))
+    files = q.run.job(r, level, dir_name(q.tag))
     try:  # the trunk's files: the branch cannot repair them, the trunk's own command can
         start, inputs = _start(q, r, level)
     except DamagedFile as e:
