@@ -97,3 +97,13 @@ def test_sparse_aware_without_signal_is_refused_in_one_line(run, capsys):
     assert main(["analyze", str(run), "--sparse-aware"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--sparse-aware" in err and "add --signal" in err and "\n" not in err
+
+
+def test_analyze_refuses_two_studies_at_once_and_epsilon_without_the_rewind_model(run, capsys):
+    assert main(["analyze", str(run), "--signal", "--capacity"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--signal and --capacity" in err and "one of them" in err and "\n" not in err
+    assert main(["analyze", str(run), "--capacity", "--epsilon", "0.02"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--epsilon" in err and "add --rewind-model" in err and "\n" not in err
+    assert not (run / "capacity.csv").exists()  # refused before anything was computed

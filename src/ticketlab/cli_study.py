@@ -137,7 +137,7 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--rewind-model", action="store_true", help="instead: fit A(k,s) = A_dense(1-e^-k/tau)(1-s)^beta "
                    "to the rewind branches; k*(s) (RUN/rewind_model.csv, rewind_fit.json, .png)")  # fmt: skip
-    a.add_argument("--epsilon", type=float, default=0.01, help="--rewind-model: k* tolerance (fraction; default 0.01)")
+    a.add_argument("--epsilon", type=float, help="--rewind-model: k* tolerance (fraction; default 0.01)")
 
 
 def _stability(args: argparse.Namespace) -> int:
@@ -196,8 +196,15 @@ def _align(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     if args.sparse_aware and not args.signal:  # else the default analysis would run, the flag silently dropped
         raise TicketlabError("--sparse-aware rescales the masks of --signal; add --signal")
+    chosen = [flag for flag, on in (("--signal", args.signal), ("--capacity", args.capacity),
+              ("--rewind-model", args.rewind_model)) if on]  # fmt: skip
+    if len(chosen) > 1:
+        raise TicketlabError(f"{' and '.join(chosen)}: give one of them per call")
+    if args.epsilon is not None and not args.rewind_model:
+        raise TicketlabError("--epsilon is the k* tolerance of --rewind-model; add --rewind-model")
     if args.rewind_model:  # read from results.csv alone: no model, no data (unless steps are in epochs)
-        print(RWM.rewind_table(RWM.rewind_model(Path(args.run_dir), epsilon=args.epsilon)))
+        epsilon = 0.01 if args.epsilon is None else args.epsilon
+        print(RWM.rewind_table(RWM.rewind_model(Path(args.run_dir), epsilon=epsilon)))
         written = (Path(args.run_dir) / f for f in (RWM.MODEL_CSV, RWM.FIT_JSON, RWM.MODEL_PNG))
         print("\nrewind model: " + ", ".join(map(str, written)))
         return 0

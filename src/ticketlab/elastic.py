@@ -188,7 +188,8 @@ def elastic(
             density, acc = table[nearest]
             row.update({f"{label}_density": density, f"{label}_acc_mean": acc.mean, f"{label}_acc_std": acc.std})
             row[f"{label}_n"] = acc.n
-    write_csv(run.path / "elastic.csv", rows, columns)
+    blank = [{k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()} for row in rows]
+    write_csv(run.path / "elastic.csv", blank, columns)  # a std of one replicate is left empty, as in sanity.csv
     return run.path, rows
 
 

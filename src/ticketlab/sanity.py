@@ -97,9 +97,14 @@ def sanity(
             tensorboard=tensorboard,
         )
     asked = sorted({int(r["level"]) for r in rows if int(r["level"]) > 0}) if levels is None else sorted(set(levels))
-    table = summary_rows(rows, asked, checks)
-    write_csv(run.path / SANITY_CSV, table, COLUMNS)
-    return table
+    # sanity.csv holds every level and check trained so far (an earlier call's --levels or --checks included)
+    done = sorted({int(r["level"]) for r in rows if r["branch"] in CHECKS and int(r["level"]) > 0} | set(asked))
+    write_csv(
+        run.path / SANITY_CSV,
+        summary_rows(rows, done, [c for c in CHECKS if any(r["branch"] == c for r in rows)]),
+        COLUMNS,
+    )
+    return summary_rows(rows, asked, checks)
 
 
 def _summary(rows: list[dict[str, Any]], level: int, branch: str) -> Summary | None:
