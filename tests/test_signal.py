@@ -14,6 +14,7 @@ from ticketlab.data import load_dataset
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
 from ticketlab.problem import registry_problem
+from ticketlab.rundir import RunDir
 
 
 def test_mean_field_golden_three_layers():
@@ -64,7 +65,7 @@ def test_variance_ratio_between_layers_is_the_density(density):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("imp")
-    cfg = tiny_config(imp={"levels": 2, "rewind": "10it"})
+    cfg = tiny_config(imp={"levels": 2, "rewind": "10it", "replicates": 2})
     run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), path, batch_jobs="off")
     return path
 
@@ -77,6 +78,10 @@ def test_cli_prints_the_table_and_writes_signal_csv(run, capsys):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == COLUMNS
     assert {r["level"] for r in rows} == {"1", "2"}
+    replicates = RunDir(run).config().imp.replicates
+    assert {r["replicate"] for r in rows} == {str(i) for i in range(replicates)}  # every replicate measured
+    assert f"mean over n={replicates} replicates" in out
+    assert (run / "signal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for r in rows:
         assert float(r["variance_ticket"]) > 0 and float(r["variance_random"]) > 0 and float(r["mean_field"]) > 0
         assert 0 < float(r["density"]) < 1

@@ -219,7 +219,8 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.signal:
         sa = args.sparse_aware
         print(SIG.signal_table(SIG.signal(Path(args.run_dir), levels=levels, device=args.device, sparse_aware=sa)))
-        print(f"\nsignal: {Path(args.run_dir) / (SIG.SIGNAL_SPARSE_AWARE_CSV if sa else SIG.SIGNAL_CSV)}")
+        csv = Path(args.run_dir) / (SIG.SIGNAL_SPARSE_AWARE_CSV if sa else SIG.SIGNAL_CSV)
+        print(f"\nsignal: {csv}\nplot: {csv.with_suffix('.png')}")
         return 0
     rows, overlap = AN.analyze(
         Path(args.run_dir),

@@ -26,19 +26,30 @@ import torch
 from torch import nn
 
 from ticketlab import masks as M
+from ticketlab.config import ExperimentConfig
 from ticketlab.data import batches, load_configured
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
 from ticketlab.models import sparse_aware as rescaled
-from ticketlab.problem import registry_problem
+from ticketlab.problem import Problem, registry_problem
 from ticketlab.prunable import forward_order, owner_name
 from ticketlab.pruning.topk import random_mask
+from ticketlab.report.plots import pyplot, save_figure
 from ticketlab.rundir import RunDir
 from ticketlab.seeds import derive_seed
 from ticketlab.store import load_tensors, write_csv
 from ticketlab.training.objectives import CLASSIFICATION, Objective
 
-__all__ = ["COLUMNS", "SIGNAL_CSV", "SIGNAL_SPARSE_AWARE_CSV", "mean_field", "propagation", "signal", "signal_table"]
+__all__ = [
+    "COLUMNS",
+    "SIGNAL_CSV",
+    "SIGNAL_SPARSE_AWARE_CSV",
+    "mean_field",
+    "propagation",
+    "signal",
+    "signal_figure",
+    "signal_table",
+]
 
 SIGNAL_CSV = "signal.csv"
 SIGNAL_SPARSE_AWARE_CSV = "signal_sparse_aware.csv"  # the same columns, both masks at sparsity-aware scale
@@ -152,35 +163,58 @@ def signal(
     run_dir: str | Path | RunDir,
     *,
     levels: list[int] | None = None,
-    replicate: int = 0,
+    replicates: list[int] | None = None,
     batch_size: int | None = None,
     device: str = "auto",
     sparse_aware: bool = False,
 ) -> list[dict[str, Any]]:
-    """Signal propagation of the IMP run ``run_dir``'s tickets at their rewind point (replicate ``replicate``):
-    per level of ``levels`` (default: every finished pruned level) and per prunable layer, the measured variance
-    (:func:`propagation`) of the ticket and of a random mask with the same per-layer densities on the same weights,
-    the mean-field prediction (:func:`mean_field`, ``sigma_w^2 = 2``, anchored at the dense network's first-layer
-    variance at the rewind point) and both gradient norms; on the trunk's first training batch (``batch_size``
-    examples; default: the run's). Writes ``signal.csv`` (:data:`COLUMNS`) into the run directory; returns its rows.
+    """Signal propagation of the IMP run ``run_dir``'s tickets at their rewind point, per replicate of
+    ``replicates`` (default: every replicate), per level of ``levels`` (default: every pruned level finished in
+    every replicate) and per prunable layer: the measured variance (:func:`propagation`) of the ticket and of a
+    random mask with the same per-layer densities on the same weights, the mean-field prediction
+    (:func:`mean_field`, ``sigma_w^2 = 2``, anchored at the replicate's dense network's first-layer variance at the
+    rewind point) and both gradient norms; on the replicate's first training batch (``batch_size`` examples;
+    default: the run's). Writes ``signal.csv`` (:data:`COLUMNS`) and its plot ``signal.png`` (:func:`signal_figure`)
+    into the run directory; returns the rows.
     ``sparse_aware``: both masks' weights scaled by 1/sqrt(layer density) first (:func:`ticketlab.models.sparse_aware`)
-    and the flat mean-field prediction q_l = q0; ``signal_sparse_aware.csv`` instead (``signal.csv`` is untouched).
-    TicketlabError (one line) when a level asked for has not finished or the run has no finished level."""
+    and the flat mean-field prediction q_l = q0; ``signal_sparse_aware.csv`` and ``.png`` instead (``signal.csv`` is
+    untouched). TicketlabError (one line) when a level or replicate asked for has not finished."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if "weights" in run.saved() or "early_bird" in run.saved():
         raise TicketlabError(f"{run.path}: --signal needs an IMP run of a registered model")
     cfg = run.config()
-    done = run.finished_levels(cfg, replicate)
+    replicates = list(range(cfg.imp.replicates)) if replicates is None else sorted(set(replicates))
+    done = sorted(set.intersection(*(set(run.finished_levels(cfg, r)) for r in replicates))) if replicates else []
     if levels is None:
         levels = done
     missing = [lv for lv in levels if lv not in done]
     if missing or not levels:
         raise TicketlabError(
-            f"--levels: level(s) {missing or levels} of replicate {replicate} in {run.path} have not finished "
-            f"(finished: {done or 'none'}); pass --levels among the finished ones"
+            f"--levels: level(s) {missing or levels} of replicate(s) {replicates} in {run.path} have not finished "
+            f"(finished in all: {done or 'none'}); pass --levels among the finished ones"
         )
     dev = resolve_device(device)
     problem = registry_problem(cfg, load_configured(cfg.data, dev))
+    rows = []
+    for replicate in replicates:
+        rows += _replicate_rows(run, cfg, problem, replicate, sorted(set(levels)), batch_size, sparse_aware)
+    name = SIGNAL_SPARSE_AWARE_CSV if sparse_aware else SIGNAL_CSV
+    write_csv(run.path / name, rows, COLUMNS)
+    save_figure(signal_figure(rows, sparse_aware), (run.path / name).with_suffix(".png"))
+    return rows
+
+
+def _replicate_rows(
+    run: RunDir,
+    cfg: ExperimentConfig,
+    problem: Problem,
+    replicate: int,
+    levels: list[int],
+    batch_size: int | None,
+    sparse_aware: bool,
+) -> list[dict[str, Any]]:
+    """:func:`signal`'s rows of one replicate."""
+    dev = problem.data.train.x.device
     objective = problem.data.objective or CLASSIFICATION
     size = batch_size or cfg.train.batch_size
     seed = derive_seed(cfg.imp.seed, replicate, "data")  # the trunk's data order: its first batch
@@ -195,7 +229,7 @@ def signal(
     q0 = propagation(model, full, x, y, objective)[0]["variance"]
     net = problem.init_model(replicate)
     rows = []
-    for level in sorted(set(levels)):
+    for level in levels:
         ticket = run.ticket(level, replicate, dev)
         ticket.load_into(net)  # the weights the ticket trains from
         # the random mask keeps as many weights per layer, on the dense rewind-point weights
@@ -226,28 +260,77 @@ def signal(
                     "grad_norm_random": rnd.get("grad_norm"),
                 }
             )
-    write_csv(run.path / (SIGNAL_SPARSE_AWARE_CSV if sparse_aware else SIGNAL_CSV), rows, COLUMNS)
     return rows
+
+
+def _means(rows: list[dict[str, Any]], level: int) -> list[dict[str, Any]]:
+    """Level ``level``'s rows averaged over replicates, layer by layer (forward order), with ``n``."""
+    layers: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["level"] == level:
+            layers.setdefault(r["layer"], []).append(r)
+    out = []
+    for layer, group in layers.items():
+        mean = {"layer": layer, "n": len(group)}
+        for key in COLUMNS[3:]:
+            values = [float(r[key]) for r in group if r[key] is not None]
+            mean[key] = sum(values) / len(values) if values else None
+        out.append(mean)
+    return out
 
 
 def signal_table(rows: list[dict[str, Any]]) -> str:
     """One table per level: layer, density, measured variance (ticket, random), mean-field prediction, gradient
-    norms (ticket, random)."""
+    norms (ticket, random), each the mean over the replicates (n in the title)."""
     head = ["layer", "density %", "var ticket", "var random", "mean-field", "|grad| ticket", "|grad| random"]
     parts = []
+
+    def g(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4g}"
+
     for level in sorted({r["level"] for r in rows}):
-
-        def g(v: float | None) -> str:
-            return "-" if v is None else f"{v:.4g}"
-
+        means = _means(rows, level)
         lines = [
             [r["layer"], f"{100 * r['density']:.1f}", g(r["variance_ticket"]), g(r["variance_random"])]
             + [g(r["mean_field"]), g(r["grad_norm_ticket"]), g(r["grad_norm_random"])]
-            for r in rows
-            if r["level"] == level
+            for r in means
         ]
         widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
         fmt = "  ".join(f"{{:>{w}}}" for w in widths)
         body = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in lines]
-        parts.append("\n".join([f"Signal propagation at the rewind point, level {level}", *body]))
+        n = min(r["n"] for r in means)
+        title = f"Signal propagation at the rewind point, level {level} (mean over n={n} replicates)"
+        parts.append("\n".join([title, *body]))
     return "\n\n".join(parts)
+
+
+def signal_figure(rows: list[dict[str, Any]], sparse_aware: bool = False):
+    """Pre-activation variance (log scale) against depth, one panel per level: the ticket and the random mask
+    (mean over replicates) and the mean-field prediction. A matplotlib Figure."""
+    plt = pyplot()
+    levels = sorted({r["level"] for r in rows})
+    cols = min(4, len(levels))
+    fig, axes = plt.subplots(
+        -(-len(levels) // cols), cols, figsize=(3.2 * cols, 2.8 * -(-len(levels) // cols)), squeeze=False
+    )
+    for ax, level in zip(axes.flat, levels):
+        means = _means(rows, level)
+        depth = list(range(1, len(means) + 1))
+        for key, label, style in (
+            ("variance_ticket", "ticket", "o-"),
+            ("variance_random", "random mask", "s-"),
+            ("mean_field", "mean field", "k--"),
+        ):
+            ys = [r[key] if r[key] and r[key] > 0 else float("nan") for r in means]
+            ax.plot(depth, ys, style, label=label, markersize=3)
+        ax.set_yscale("log")
+        ax.set_title(f"level {level}: {100 * means[0]['density']:.3g}% (layer 1)", fontsize=9)
+        ax.set_xlabel("layer")
+    for ax in list(axes.flat)[len(levels) :]:
+        ax.set_visible(False)
+    axes.flat[0].set_ylabel("pre-activation variance")
+    axes.flat[0].legend(fontsize=7)
+    init = "sparse-aware init (kept weights x 1/sqrt(density))" if sparse_aware else "as initialised"
+    fig.suptitle(f"Signal propagation at the rewind point, {init}", fontsize=10)
+    fig.tight_layout()
+    return fig
