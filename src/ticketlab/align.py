@@ -26,11 +26,11 @@ from ticketlab.analysis.connectivity import barrier, has_batchnorm, instability,
 from ticketlab.analysis.permutation import permutation_spec, permute, permute_mask, weight_matching
 from ticketlab.analysis.permutation import repair as repair_state
 from ticketlab.batched import parse_setting
-from ticketlab.branches.base import masked
+from ticketlab.branches.base import mask_job
 from ticketlab.data import load_configured
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
-from ticketlab.jobs import Job, run_jobs
+from ticketlab.jobs import run_jobs
 from ticketlab.plan import make_plan
 from ticketlab.problem import registry_problem
 from ticketlab.rundir import RunDir, level_count
@@ -288,7 +288,7 @@ def transport(
         carried = {k: v.to(dev) for k, v in carried.items()}
         inputs = {"mask": ia["mask"], "rewind": rewind_sha, "a_dense": da["weights"], "b_dense": db["weights"]}
         jobs = [
-            _transport_job(run, cfg, problem, plan, b, level, f"{name}_from_r{a}", mask, rewind, inputs)
+            mask_job(run, cfg, problem, plan, b, level, f"{name}_from_r{a}", mask, rewind, inputs, options={})
             for name, mask in (("transport", carried), ("plain", mask_a))
         ]
         records = run_jobs(run, jobs, progress=progress, batch_jobs=parse_setting(batch_jobs))
@@ -319,30 +319,6 @@ def _joined(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     new = {key(r) for r in rows}
     kept = [r for r in (read_csv(path) if path.exists() else []) if key(r) not in new]
     return sorted(kept + rows, key=key)
-
-
-def _transport_job(run, cfg, problem, plan, r: int, level: int, name: str, mask: M.Mask, rewind, inputs) -> Job:
-    """Train ``mask`` from replicate ``r``'s rewind state with its data order, like the trunk trains a ticket."""
-    files = run.job(r, level, name)
-
-    def build():
-        model = problem.init_model(r)
-        model.load_state_dict(masked(rewind, mask))
-        return model, mask
-
-    return Job(
-        files=files,
-        build=build,
-        train=cfg.train,
-        data=problem.data,
-        data_seed=derive_seed(cfg.imp.seed, r, "data"),
-        start=plan.k,
-        inputs=inputs,
-        label=name,
-        options={},
-        init_file=files.init,
-        mask_file=files.mask,
-    )
 
 
 def transport_table(rows: list[dict[str, Any]]) -> str:

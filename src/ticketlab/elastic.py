@@ -37,13 +37,13 @@ from torch import nn
 
 from ticketlab import masks as M
 from ticketlab.branches import dense_at
-from ticketlab.branches.base import masked
+from ticketlab.branches.base import mask_job
 from ticketlab.config import ExperimentConfig
 from ticketlab.data import load_configured
 from ticketlab.device import resolve_device
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import mask_digest
-from ticketlab.jobs import Job, run_jobs
+from ticketlab.jobs import run_jobs
 from ticketlab.models.resnet import ResNet
 from ticketlab.plan import Plan, make_plan
 from ticketlab.problem import Problem, registry_problem, state_of
@@ -175,7 +175,8 @@ def elastic(
                 seed = derive_seed(cfg.imp.seed, r, level, "elastic random")
                 chance = random_mask(ticket, seed, [(n,) for n in sorted(ticket)])
                 for name, m in zip(JOBS, (ticket, chance)):
-                    jobs.append(_job(run, target, problem, plan, r, level, name, m, rewind, rewind_sha))
+                    inputs = {"mask": mask_digest(m), "rewind": rewind_sha}  # data order: the target's own IMP run's
+                    jobs.append(mask_job(run, target, problem, plan, r, level, name, m, rewind, inputs))
         records = run_jobs(
             run, jobs, progress=progress, batch_jobs=batch_jobs, kernels=sparse_kernels, tensorboard=tensorboard
         )
@@ -218,28 +219,6 @@ def _theta_k(run: RunDir, cfg: ExperimentConfig, problem: Problem, plan: Plan, r
     M.save_mask(level0.mask, M.full_mask(model, plan.names))
     state = dense_at(run, cfg, problem, r, plan.k, init_sha256=init_sha)
     return state, mask_digest(state)
-
-
-def _job(run, cfg, problem, plan, r, level, name, mask, rewind, rewind_sha) -> Job:
-    files = run.job(r, level, name)
-
-    def build():
-        model = problem.init_model(r)
-        model.load_state_dict(masked(rewind, mask))
-        return model, mask
-
-    return Job(
-        files=files,
-        build=build,
-        train=cfg.train,
-        data=problem.data,
-        data_seed=derive_seed(cfg.imp.seed, r, "data"),  # the target's own IMP run's data order
-        start=plan.k,
-        inputs={"mask": mask_digest(mask), "rewind": rewind_sha},
-        label=name,
-        init_file=files.init,
-        mask_file=files.mask,
-    )
 
 
 def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

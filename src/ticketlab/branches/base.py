@@ -20,7 +20,11 @@ from torch import nn
 from ticketlab import masks as M
 from ticketlab.config import ExperimentConfig, TrainConfig
 from ticketlab.errors import TicketlabError
+from ticketlab.jobs import Job
+from ticketlab.plan import Plan
 from ticketlab.problem import Problem
+from ticketlab.rundir import RunDir
+from ticketlab.seeds import derive_seed
 
 State = dict[str, torch.Tensor]
 FreshModel = Callable[[int], nn.Module]  # a newly initialised network for a seed (the target task's, for transfer)
@@ -151,3 +155,41 @@ def options_of(fn: BranchFn) -> dict[str, Option]:
 def masked(state: State, mask: M.Mask) -> State:
     """``state`` with the pruned weights zeroed (copies; tensors without a mask kept as they are)."""
     return {n: (t * mask[n].to(t.device, t.dtype) if n in mask else t.clone()) for n, t in state.items()}
+
+
+def mask_job(
+    run: RunDir,
+    cfg: ExperimentConfig,
+    problem: Problem,
+    plan: Plan,
+    r: int,
+    level: int,
+    name: str,
+    mask: M.Mask,
+    rewind: State,
+    inputs: dict[str, Any],
+    options: dict[str, Any] | None = None,
+) -> Job:
+    """The job training ``mask`` on the weights ``rewind`` from the rewind step ``plan.k`` to the end, with replicate
+    ``r``'s data order, like the trunk trains a ticket; under ``run``'s job directory (r, level, name). ``inputs``
+    (SHA-256 digests of what it starts from) decide when a finished job is reused."""
+    files = run.job(r, level, name)
+
+    def build():
+        model = problem.init_model(r)
+        model.load_state_dict(masked(rewind, mask))
+        return model, mask
+
+    return Job(
+        files=files,
+        build=build,
+        train=cfg.train,
+        data=problem.data,
+        data_seed=derive_seed(cfg.imp.seed, r, "data"),
+        start=plan.k,
+        inputs=inputs,
+        label=name,
+        options=options,
+        init_file=files.init,
+        mask_file=files.mask,
+    )
