@@ -8,7 +8,7 @@ from ticketlab.config import ExperimentConfig
 from ticketlab.errors import TicketlabError
 from ticketlab.imp import imp
 from ticketlab.masks import apply_mask, density, load_mask, save_mask
-from ticketlab.report import grokking_report, strong_panels, study_panels  # noqa: F401 -- register their HTML report panels
+from ticketlab.report import grokking_report, mechanism_panels, strong_panels, study_panels  # noqa: F401 -- register their HTML report panels
 from ticketlab.rundir import RunDir, Ticket, load_ticket
 from ticketlab.supermask import learn_supermask
 

@@ -304,7 +304,7 @@ def signal_table(rows: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
-def signal_figure(rows: list[dict[str, Any]], sparse_aware: bool = False):
+def signal_figure(rows: list[dict[str, Any]], sparse_aware: bool = False) -> Any:
     """Pre-activation variance (log scale) against depth, one panel per level: the ticket and the random mask
     (mean over replicates) and the mean-field prediction. A matplotlib Figure."""
     plt = pyplot()

@@ -9,6 +9,7 @@ panel the same way (import its module before calling :func:`html_report`) and ne
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import platform
@@ -67,6 +68,14 @@ def panel(title: str) -> Callable[[Panel], Panel]:
 
 def pre(text: str) -> str:
     return f"<pre>{html.escape(text)}</pre>"
+
+
+def inline_png(path: Path, alt: str) -> str:
+    """A PNG the run wrote, inline (a data: URI: the page stays one self-contained file); '' when it is missing."""
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
 
 def html_table(head: list[str], lines: list[list[Any]], cls: str = "") -> str:

@@ -11,7 +11,6 @@ page and the text report to :data:`ticketlab.report.REPORTERS`.
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from ticketlab import supermask_run as SR
 from ticketlab.errors import TicketlabError
 from ticketlab.report import REPORTERS
-from ticketlab.report.html import PANELS, html_table, panel
+from ticketlab.report.html import PANELS, html_table, inline_png, panel
 from ticketlab.report.tables import SPREAD
 from ticketlab.rundir import RunDir
 from ticketlab.store import read_csv
@@ -115,14 +114,6 @@ def _width_table(summary: list[dict[str, Any]]) -> str:
     return html_table(head, lines, "supermask")
 
 
-def _png(path: Path, alt: str) -> str:
-    """A PNG the run wrote, inline (a data: URI: the page stays one self-contained file); '' when it is missing."""
-    if not path.exists():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
-
-
 @panel("Strong lottery tickets: supermasks (ticketlab supermask)")
 def supermask_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     """Per width, a table of method x k (density, test accuracy, zhou's expected mask, the random mask of the same
@@ -141,8 +132,8 @@ def supermask_panel(run: RunDir, rows: list[dict[str, Any]]) -> str | None:
     for width in sorted({s["width"] for s in summary}):
         parts.append(f"<h3>width x{width:g}</h3>")
         parts.append(_width_table([s for s in summary if s["width"] == width]))
-    parts.append(_png(run.path / "accuracy_vs_k.png", "test accuracy vs k"))
-    parts.append(_png(run.path / "accuracy_vs_width.png", "test accuracy vs width"))
+    parts.append(inline_png(run.path / "accuracy_vs_k.png", "test accuracy vs k"))
+    parts.append(inline_png(run.path / "accuracy_vs_width.png", "test accuracy vs width"))
     return "".join(parts)
 
 
