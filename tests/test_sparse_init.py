@@ -15,8 +15,9 @@ from ticketlab import masks as M
 from ticketlab.analysis.signal import COLUMNS, propagation
 from ticketlab.cli import main
 from ticketlab.data import load_dataset
+from ticketlab.errors import TicketlabError
 from ticketlab.imp import run_imp
-from ticketlab.models import sparse_aware
+from ticketlab.models import sparse_aware, variance_matched
 from ticketlab.problem import registry_problem
 from ticketlab.rundir import RunDir
 from ticketlab.store import load_tensors, read_csv
@@ -81,6 +82,33 @@ def test_a_deep_sparse_relu_mlp_keeps_its_signal_only_at_sparse_aware_scale():
     assert aware[0] == pytest.approx(2.0, rel=0.2)  # q0 = sigma_w^2 E[x^2] = 2, as the dense network's
 
 
+def test_variance_matched_reaches_the_target_for_a_magnitude_mask_where_sparse_aware_overshoots():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(400, 300, generator=g) * (2.0 / 300) ** 0.5  # He init, fan_in 300
+    conv = torch.randn(8, 4, 3, 3, generator=g)  # fan_in 4 * 3 * 3 = 36, any scale
+    state = {"fc.weight": w, "conv.weight": conv, "fc.bias": torch.ones(400)}
+    # magnitude masks: the largest 10% of fc, the largest 25% of conv (ties impossible with Gaussian draws)
+    mask = {
+        "fc.weight": w.abs() >= w.abs().flatten().kthvalue(w.numel() - 12000 + 1).values,
+        "conv.weight": conv.abs() >= conv.abs().flatten().kthvalue(conv.numel() - 72 + 1).values,
+    }
+    assert int(mask["fc.weight"].sum()) == 12000 and int(mask["conv.weight"].sum()) == 72
+    out = variance_matched(state, mask)
+    for name, fan_in, d in (("fc.weight", 300, 0.1), ("conv.weight", 36, 0.25)):
+        kept = out[name][mask[name]]
+        assert float(kept.double().pow(2).mean()) == pytest.approx(2.0 / (d * fan_in), rel=1e-6)  # exactly the target
+        assert torch.all(out[name][~mask[name]] == 0)
+        ratio = out[name][mask[name]] / state[name][mask[name]]  # one positive factor per layer: signs, order kept
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio)) and float(ratio[0]) > 0
+    assert torch.equal(out["fc.bias"], state["fc.bias"])
+    # sparse_aware's 1/sqrt(d) assumes a random share; the largest 10% of a Gaussian have a mean square ~3x the
+    # layer's, so it overshoots the target that much
+    over = float(sparse_aware(state, mask)["fc.weight"][mask["fc.weight"]].pow(2).mean()) / (2.0 / (0.1 * 300))
+    assert over > 2.5
+    empty = variance_matched({"a": torch.randn(3, 3)}, {"a": torch.zeros(3, 3, dtype=torch.bool)})
+    assert torch.equal(empty["a"], torch.zeros(3, 3))
+
+
 @pytest.fixture(scope="module")
 def trunk(tmp_path_factory):
     run = tmp_path_factory.mktemp("trunk")
@@ -141,3 +169,10 @@ def test_signal_sparse_aware_is_flat_and_leaves_signal_csv_alone(trunk, capsys):
     assert float(plain[-1]["mean_field"]) < float(rows[-1]["mean_field"])  # the plain prediction decays
     # the same ticket, measured: rescaling raises the last layer's variance by about 1 / (its density x the previous)
     assert float(rows[-1]["variance_ticket"]) > 2 * float(plain[-1]["variance_ticket"])
+
+
+def test_matched_is_a_branch_option_and_an_unknown_init_is_refused():
+    options = B.parse_options("rewind", {"to": "10it", "init": "matched"})
+    assert B.label("rewind", options) == "rewind[init=matched,to=10it]"
+    with pytest.raises(TicketlabError, match="init"):
+        B.parse_options("reinit", {"init": "he"})

@@ -1,5 +1,6 @@
 """The trunk's baselines, asked for after the fact: the ticket's mask on a new initialisation, and random masks.
-Each may start at sparsity-aware scale (``--init sparse_aware``: :func:`ticketlab.models.sparse_aware`)."""
+Each may start at sparsity-aware scale (``--init sparse_aware``: :func:`ticketlab.models.sparse_aware`; ``--init
+matched``: :func:`ticketlab.models.variance_matched`)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,26 @@ from typing import Annotated, Literal
 from ticketlab import masks as M
 from ticketlab.branches.base import BranchStart, FreshModel, Start, State, masked, register
 from ticketlab.errors import TicketlabError
-from ticketlab.models import sparse_aware
+from ticketlab.models import sparse_aware, variance_matched
 from ticketlab.pruning import random_mask
 from ticketlab.seeds import derive_seed
 
 Init = Annotated[
-    Literal["as_is", "sparse_aware"],
-    "sparse_aware: each layer's kept weights times 1/sqrt(its density)",
+    Literal["as_is", "sparse_aware", "matched"],
+    "sparse_aware: each layer's kept weights times 1/sqrt(its density); matched: rescaled so their mean square is "
+    "2 / (density * fan_in), for masks that keep the large weights",
 ]
 
 
 def scaled_start(s: Start, state: State, mask: M.Mask, init: str, branch: str) -> State:
-    """``state`` pruned by ``mask``, at sparsity-aware scale when ``init`` is "sparse_aware". TicketlabError for a
-    structured run (its masks remove whole units, whose fan-in the rule does not see)."""
+    """``state`` pruned by ``mask``; at sparsity-aware scale when ``init`` is "sparse_aware" (times 1/sqrt(density))
+    or "matched" (kept weights' mean square 2 / (density fan_in)). TicketlabError for a structured run (its masks
+    remove whole units, whose fan-in the rules do not see)."""
     if init == "as_is":
         return masked(state, mask)
     if s.structured:
-        raise TicketlabError(f"{branch} --init sparse_aware scales weights by layer density; not for a --units run")
-    return sparse_aware(state, mask)
+        raise TicketlabError(f"{branch} --init {init} scales weights by layer density; not for a --units run")
+    return sparse_aware(state, mask) if init == "sparse_aware" else variance_matched(state, mask)
 
 
 @register(draws_mask=True)

@@ -175,6 +175,30 @@ def sparse_aware(state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) 
     return out
 
 
+def variance_matched(
+    state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], sigma_w2: float = 2.0
+) -> dict[str, torch.Tensor]:
+    """``state`` with each masked weight tensor (2-d or more) pruned and rescaled so that its kept weights' mean
+    square is sigma_w^2 / (d fan_in) (He: 2 / ((1 - s) fan_in)), whatever their scale was: the target of
+    :func:`sparse_aware`, reached for masks that do not keep a random share of each layer (magnitude, SNIP and
+    rewound tickets keep the large weights, so 1/sqrt(d) overshoots). fan_in is ``t[0].numel()`` (``in_features``
+    for a Linear, in_channels / groups * kernel size for a conv). Returns copies; pruned entries are exactly zero,
+    signs and the relative sizes within a layer are kept, a 1-d masked tensor is only pruned, tensors outside
+    ``mask`` are as given, and an empty or all-zero layer stays zero."""
+    out = {}
+    for name, t in state.items():
+        if name not in mask:
+            out[name] = t.clone()
+            continue
+        kept = t * mask[name].to(t.device, t.dtype)
+        n = int(mask[name].sum())
+        square = float(kept.double().pow(2).sum()) / n if n else 0.0
+        if t.dim() > 1 and square > 0:
+            kept = kept * (sigma_w2 / ((n / t.numel()) * t[0].numel() * square)) ** 0.5
+        out[name] = kept
+    return out
+
+
 def redraw(model: nn.Module, seed: int) -> list[str]:
     """Re-draw every parameter of ``model`` in place, as its modules initialise themselves, deterministically from
     ``seed`` (the caller's random state is left as it was). Returns the names of the parameters nothing re-drew.
