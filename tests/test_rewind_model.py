@@ -123,3 +123,9 @@ def test_end_to_end_writes_the_points_fit_and_plot(runs, capsys):
     assert fit["points_in_fit"] == 7 and fit["replicate_n"] == 1 and fit["epsilon"] == 0.05
     assert [lv["level"] for lv in fit["levels"]] == [1, 2]
     assert (path / RWM.MODEL_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rewinds_from_rescaled_weights_are_not_points_of_the_model():
+    assert RWM._rewind_to("rewind[to=5it]").iterations(0) == 5
+    assert RWM._rewind_to("rewind[init=sparse_aware,to=5it]") is None
+    assert RWM._rewind_to("rewind[init=matched,to=5it]") is None

@@ -134,12 +134,15 @@ def points(run_dir: str | Path | RunDir, metric: str = "final_test_acc") -> list
 
 
 def _rewind_to(label: str) -> Step | None:
-    """The step of a ``rewind[to=100it]`` branch label, None for any other branch."""
+    """The step of a ``rewind[to=100it]`` branch label, None for any other branch and for a rewind with another
+    option (``rewind[init=sparse_aware,to=100it]`` starts from rescaled weights: not a point of the model)."""
     name, _, rest = label.partition("[")
     if name != "rewind":
         return None
     options = dict(o.split("=", 1) for o in rest.rstrip("]").split(",") if "=" in o)
-    return Step.parse(options["to"]) if "to" in options else None
+    if options.get("init") == "as_is":
+        del options["init"]
+    return Step.parse(options["to"]) if set(options) == {"to"} else None
 
 
 def _fit_arrays(k: np.ndarray, s: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
