@@ -176,3 +176,19 @@ def test_matched_is_a_branch_option_and_an_unknown_init_is_refused():
     assert B.label("rewind", options) == "rewind[init=matched,to=10it]"
     with pytest.raises(TicketlabError, match="init"):
         B.parse_options("reinit", {"init": "he"})
+
+
+@pytest.mark.parametrize("rescale", [sparse_aware, variance_matched])
+def test_a_mask_of_another_model_is_refused_in_one_line_not_ignored(rescale):
+    state = {"weight": torch.randn(3, 20), "bias": torch.zeros(3)}
+    with pytest.raises(TicketlabError, match=r"mask\['weight'\] has shape \(3, 3\)"):
+        rescale(state, {"weight": torch.ones(3, 3, dtype=torch.bool)})
+    with pytest.raises(TicketlabError, match="names \\['fc.weight'\\], which the state lacks"):
+        rescale(state, {"fc.weight": torch.ones(3, 20, dtype=torch.bool)})
+
+
+def test_propagation_refuses_a_mask_of_another_shape_in_one_line():
+    net = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 20), torch.zeros(16, dtype=torch.long)
+    with pytest.raises(TicketlabError, match=r"mask\['0.weight'\] has shape \(8, 3\)"):
+        propagation(net, {"0.weight": torch.ones(8, 3, dtype=torch.bool)}, x, y)

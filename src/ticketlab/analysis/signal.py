@@ -119,13 +119,20 @@ def propagation(
     ``variance`` (the mean of h^2 over the batch and every output unit/position of the module: the variance about
     zero that mean-field theory's q is, see :func:`mean_field`) and ``grad_norm`` (the L2 norm of the loss gradient
     w.r.t. the weight, over the kept weights: the step training takes). TicketlabError when the mask names a
-    tensor the model lacks."""
+    tensor the model lacks or gives one another shape."""
     objective = objective or CLASSIFICATION
     net = copy.deepcopy(model)
     params = dict(net.named_parameters())
     missing = sorted(set(mask) - set(params))
     if missing:
         raise TicketlabError(f"propagation: the mask names {missing[:3]}, which the model lacks; give its own mask")
+    wrong = [n for n in mask if tuple(mask[n].shape) != tuple(params[n].shape)]
+    if wrong:
+        n = wrong[0]
+        raise TicketlabError(
+            f"propagation: mask[{n!r}] has shape {tuple(mask[n].shape)}, the weight {tuple(params[n].shape)}; "
+            "give the model's own mask"
+        )
     M.apply_mask(net, mask)
     names = forward_order(net, list(mask), inputs)
     modules = dict(net.named_modules())

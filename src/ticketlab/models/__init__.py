@@ -154,6 +154,19 @@ def signed_constant(model: nn.Module, names: list[str], k: float = 1.0) -> nn.Mo
     return model
 
 
+def _check_rescale_mask(state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], fn: str) -> None:
+    """TicketlabError when ``mask`` names a tensor ``state`` lacks or has another shape than it (``fn``: the caller)."""
+    missing = sorted(set(mask) - set(state))
+    if missing:
+        raise TicketlabError(f"{fn}: the mask names {missing[:3]}, which the state lacks; give the model's own mask")
+    for name, m in mask.items():
+        if tuple(m.shape) != tuple(state[name].shape):
+            raise TicketlabError(
+                f"{fn}: mask[{name!r}] has shape {tuple(m.shape)}, the weight {tuple(state[name].shape)}; "
+                "give the model's own mask"
+            )
+
+
 def sparse_aware(state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` at sparsity-aware scale: each masked weight tensor (2-d or more) pruned and multiplied by
     1/sqrt(d), d its density under ``mask`` (kept / numel), so a layer drawn with variance sigma_w^2 / fan_in (He:
@@ -162,7 +175,8 @@ def sparse_aware(state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) 
     "Gradient flow in sparse neural networks": the per-tensor form). Returns copies; pruned entries are exactly zero,
     a 1-d masked tensor (a structured run's bias or norm) is only pruned, tensors outside ``mask`` are as given, and
     an empty layer (d = 0) stays zero. The rule assumes the kept weights are spread over each unit's fan-in, as an
-    unstructured mask's are."""
+    unstructured mask's are. TicketlabError when ``mask`` names a tensor ``state`` lacks or has another shape."""
+    _check_rescale_mask(state, mask, "sparse_aware")
     out = {}
     for name, t in state.items():
         if name not in mask:
@@ -184,7 +198,9 @@ def variance_matched(
     rewound tickets keep the large weights, so 1/sqrt(d) overshoots). fan_in is ``t[0].numel()`` (``in_features``
     for a Linear, in_channels / groups * kernel size for a conv). Returns copies; pruned entries are exactly zero,
     signs and the relative sizes within a layer are kept, a 1-d masked tensor is only pruned, tensors outside
-    ``mask`` are as given, and an empty or all-zero layer stays zero."""
+    ``mask`` are as given, and an empty or all-zero layer stays zero. TicketlabError when ``mask`` names a tensor
+    ``state`` lacks or has another shape."""
+    _check_rescale_mask(state, mask, "variance_matched")
     out = {}
     for name, t in state.items():
         if name not in mask:
