@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from test_cli import TINY, ticketlab
 
+from ticketlab.cli import main
 from ticketlab.compare_criteria import COLUMNS as CRITERIA_COLUMNS
 from ticketlab.report import report
 from ticketlab.report.tables import criteria_table, disjoint_table, imp_table, mean_std, summarize
@@ -166,3 +167,9 @@ def test_the_cost_table_says_when_older_jobs_have_no_flops():
     text = cost_table(rows)
     assert "2 (1 with FLOPs)" in text and "50.0%" in text and "count in the wall time only" in text
     assert "(1 with FLOPs)" not in cost_table(rows[1:])
+
+
+def test_report_out_without_html_is_refused_not_ignored(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    assert capsys.readouterr().err.strip().endswith("names the HTML file; add --html")
+    assert not (tmp_path / "r.html").exists()

@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             _listing(dataset_names())
             return 0
         if args.command == "report":
+            if args.out and not args.html:
+                raise TicketlabError(f"report --out {args.out} names the HTML file; add --html")
             text, png = report(Path(args.run_dir), args.metric)
             print(text)
             print(f"\nplot: {png}")
