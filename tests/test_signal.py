@@ -112,3 +112,13 @@ def test_analyze_refuses_two_studies_at_once_and_epsilon_without_the_rewind_mode
     err = capsys.readouterr().err.strip()
     assert "--epsilon" in err and "add --rewind-model" in err and "\n" not in err
     assert not (run / "capacity.csv").exists()  # refused before anything was computed
+
+
+def test_sparse_aware_signal_of_a_structured_run_is_refused_in_one_line(tmp_path, capsys):
+    cfg = tiny_config(prune={"units": "l1"}, imp={"levels": 1})
+    run_imp(cfg, registry_problem(cfg, load_dataset("synthetic")), tmp_path, batch_jobs="off")
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path), "--signal", "--sparse-aware", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--units" in err and "\n" not in err
+    assert not (tmp_path / "signal_sparse_aware.csv").exists()

@@ -190,6 +190,8 @@ def signal(
     if "weights" in run.saved() or "early_bird" in run.saved():
         raise TicketlabError(f"{run.path}: --signal needs an IMP run of a registered model")
     cfg = run.config()
+    if sparse_aware and cfg.prune.units != "none":  # as branch --init sparse_aware refuses it
+        raise TicketlabError(f"{run.path}: --sparse-aware scales weights by layer density; not for a --units run")
     replicates = list(range(cfg.imp.replicates)) if replicates is None else sorted(set(replicates))
     done = sorted(set.intersection(*(set(run.finished_levels(cfg, r)) for r in replicates))) if replicates else []
     if levels is None:
