@@ -21,7 +21,7 @@ from ticketlab import compare_criteria
 from ticketlab import presets as P
 from ticketlab import scores as S
 from ticketlab import sweep as SW
-from ticketlab.cli_flags import add_config_flags, config_from_args, flag, run_flags, training_flags
+from ticketlab.cli_flags import add_config_flags, config_from_args, flag, parse_levels, run_flags, training_flags
 from ticketlab.data import dataset_names
 from ticketlab.disjoint import disjoint
 from ticketlab.errors import TicketlabError
@@ -216,10 +216,7 @@ def _criteria(args: argparse.Namespace) -> int:
 
 def _branch(args: argparse.Namespace) -> int:
     options = {k.removeprefix("option."): v for k, v in vars(args).items() if k.startswith("option.") and v is not None}
-    try:
-        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
-    except ValueError:
-        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    levels = parse_levels(args.levels)
     rows = B.run_branch(
         Path(args.run_dir),
         args.name,

@@ -11,6 +11,7 @@ from ticketlab import config as C
 from ticketlab import presets as P
 from ticketlab import scores as S
 from ticketlab.configfile import load_file
+from ticketlab.errors import TicketlabError
 
 
 def add_config_flags(parser: argparse.ArgumentParser, *, mode: bool = True) -> None:
@@ -107,3 +108,11 @@ def training_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def parse_levels(text: str | None, example: str = "1,3,5") -> list[int] | None:
+    """``--levels``' comma-separated integers; None when not given. TicketlabError (one line) otherwise."""
+    try:
+        return [int(x) for x in text.split(",")] if text else None
+    except ValueError:
+        raise TicketlabError(f"--levels: cannot read {text!r}; write e.g. {example}") from None

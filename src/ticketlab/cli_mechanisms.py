@@ -13,9 +13,8 @@ from pathlib import Path
 from ticketlab import norm_study as NS
 from ticketlab import presets as P
 from ticketlab import sanity as SAN
-from ticketlab.cli_flags import add_config_flags, config_from_args, training_flags
+from ticketlab.cli_flags import add_config_flags, config_from_args, parse_levels, training_flags
 from ticketlab.elastic import elastic, elastic_table
-from ticketlab.errors import TicketlabError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -67,10 +66,7 @@ def _elastic_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _sanity(args: argparse.Namespace) -> int:
-    try:
-        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
-    except ValueError:
-        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    levels = parse_levels(args.levels)
     rows = SAN.sanity(Path(args.run_dir), levels=levels, checks=SAN.parse_checks(args.checks), **training_flags(args))
     print(SAN.sanity_table(rows))
     print(f"\nsanity: {Path(args.run_dir) / SAN.SANITY_CSV}")
@@ -78,10 +74,7 @@ def _sanity(args: argparse.Namespace) -> int:
 
 
 def _elastic(args: argparse.Namespace) -> int:
-    try:
-        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
-    except ValueError:
-        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    levels = parse_levels(args.levels)
     where, rows = elastic(
         Path(args.run_dir), args.to, levels=levels, against=args.against, out=args.out, **training_flags(args)
     )

@@ -16,7 +16,7 @@ from ticketlab.analysis import capacity as CAP
 from ticketlab.analysis import rewind_model as RWM
 from ticketlab.analysis import signal as SIG
 from ticketlab.branches import stability as ST
-from ticketlab.cli_flags import add_config_flags, config_from_args, run_flags, training_flags
+from ticketlab.cli_flags import add_config_flags, config_from_args, parse_levels, run_flags, training_flags
 from ticketlab.errors import TicketlabError
 from ticketlab.report.html import html_report
 from ticketlab.rundir import RunDir, level_count
@@ -141,10 +141,7 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _stability(args: argparse.Namespace) -> int:
-    try:
-        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
-    except ValueError:
-        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 0,2") from None
+    levels = parse_levels(args.levels, "0,2")
     run_dir = Path(args.run_dir)
     if args.between_levels:
         rows = ST.level_barriers(run_dir, levels=levels, points=args.points, device=args.device)
@@ -212,10 +209,7 @@ def _analyze(args: argparse.Namespace) -> int:
         print(CAP.capacity_table(CAP.capacity(Path(args.run_dir))))
         print(f"\ncapacity: {Path(args.run_dir) / CAP.CAPACITY_CSV}\nreport: {html_report(Path(args.run_dir))}")
         return 0
-    try:
-        levels = [int(x) for x in args.levels.split(",")] if args.levels else None
-    except ValueError:
-        raise TicketlabError(f"--levels: cannot read {args.levels!r}; write e.g. 1,3,5") from None
+    levels = parse_levels(args.levels)
     if args.signal:
         sa = args.sparse_aware
         print(SIG.signal_table(SIG.signal(Path(args.run_dir), levels=levels, device=args.device, sparse_aware=sa)))
